@@ -1,0 +1,12 @@
+from django.urls import path
+
+from apps.accounts import api
+
+urlpatterns = [
+    path("auth/register", api.RegisterApi.as_view(), name="auth-register"),
+    path("auth/login", api.LoginApi.as_view(), name="auth-login"),
+    path("auth/logout", api.LogoutApi.as_view(), name="auth-logout"),
+    path("me", api.MeApi.as_view(), name="me"),
+    path("users", api.UserLookupApi.as_view(), name="user-lookup"),
+    path("users/<str:user_id>/devices", api.UserDevicesApi.as_view(), name="user-devices"),
+]

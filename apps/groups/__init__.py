@@ -1,0 +1,1 @@
+"""Groups: an empty shell today; its own issue fills it (see ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""Media: an empty shell today; its own issue fills it (see ARCHITECTURE.md)."""

@@ -1,0 +1,195 @@
+"""The WebSocket: one socket per device, pushing its inbox in order (PROTOCOL §5, §8)."""
+
+import collections
+import logging
+import time
+from datetime import UTC, datetime
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.db import DatabaseError
+
+from apps.accounts.scope_auth import device_for_scope
+from apps.common import jsonutil
+from apps.common.errors import BadRequest, NatterError, TooLarge, Unavailable, UnknownType
+from apps.common.validation import validated
+from apps.messaging import selectors, serializers, services
+from apps.messaging.events import device_group
+
+logger = logging.getLogger("natter.ws")
+
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_ELSEWHERE = 4409
+CLOSE_ABUSE = 4429
+
+
+class InboxConsumer(AsyncWebsocketConsumer):
+    """Push a device's inbox with at most `window` unacknowledged events in flight."""
+
+    async def connect(self):
+        self.device = await device_for_scope(self.scope, websocket=True)
+        # Accept first: a close code (4401) can only be sent on an open socket.
+        await self.accept()
+        if self.device is None:
+            await self.close(code=CLOSE_UNAUTHORIZED)
+            return
+        conf = settings.NATTER
+        self.window = conf["WINDOW"]
+        self.group = device_group(self.device.id)
+        self.opened_at = time.time_ns()
+        self.pushed_cursor = 0
+        self.in_flight: collections.deque[int] = collections.deque()
+        self.errors: collections.deque[float] = collections.deque()
+        self.drained_sent = False
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        # The newest socket of a device wins; older ones hear this and close (4409).
+        await self.channel_layer.group_send(
+            self.group,
+            {"type": "socket.takeover", "channel": self.channel_name, "opened_at": self.opened_at},
+        )
+        await self.send_frame(
+            {
+                "type": "hello",
+                "user": self.device.user.public_id,
+                "device": self.device.public_id,
+                "heartbeat_s": conf["HEARTBEAT_S"],
+                "window": self.window,
+                "server_time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            }
+        )
+        self.drain_target = await database_sync_to_async(selectors.inbox_last_cursor)(
+            device_id=self.device.id
+        )
+        await self.pump()
+
+    async def disconnect(self, code):
+        if getattr(self, "group", None):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    # --- client frames --------------------------------------------------------------
+
+    async def receive(self, text_data=None, bytes_data=None):
+        ref = None
+        try:
+            if text_data is None:
+                raise BadRequest("Frames must be JSON text.")
+            if len(text_data) > settings.NATTER["FRAME_MAX_BYTES"]:
+                raise TooLarge(
+                    "The frame is too large.", max_bytes=settings.NATTER["FRAME_MAX_BYTES"]
+                )
+            try:
+                frame = jsonutil.loads(text_data)
+            except ValueError as exc:
+                raise BadRequest("The frame is not valid JSON.") from exc
+            if not isinstance(frame, dict):
+                raise BadRequest("A frame is a JSON object.")
+            ref = frame.get("id")
+            if ref is not None and not _valid_ref(ref):
+                ref = None
+                raise BadRequest("A frame id is a string of at most 64 characters or an integer.")
+            handler = self.FRAME_HANDLERS.get(frame.get("type"))
+            if handler is None:
+                raise UnknownType(f"Unknown frame type {frame.get('type')!r}.")
+            await handler(self, frame, ref)
+        except NatterError as error:
+            await self.send_error(error, ref)
+        except DatabaseError:
+            logger.exception("database error on a frame")
+            await self.send_error(Unavailable(), ref)
+
+    async def on_send(self, frame, ref):
+        data = validated(serializers.MessageSendSerializer, frame)
+        result = await database_sync_to_async(services.message_send)(
+            sender_device=self.device,
+            conversation_id=data["conversation"],
+            client_id=data["client_id"],
+            kind=data["kind"],
+            ciphertexts=[
+                services.Ciphertext(c["device"], c["envelope"], c["body"])
+                for c in data["ciphertexts"]
+            ],
+            reply_to_seq=data.get("reply_to_seq"),
+        )
+        await self.send_frame({"type": "ack", "ref": ref, **result.as_ack()})
+
+    async def on_ack(self, frame, ref):
+        cursor = validated(serializers.CursorSerializer, frame)["cursor"]
+        # Never delete what this socket has not pushed: a client cannot ack unseen rows.
+        cursor = min(cursor, self.pushed_cursor)
+        while self.in_flight and self.in_flight[0] <= cursor:
+            self.in_flight.popleft()
+        if cursor > 0:
+            await database_sync_to_async(services.inbox_ack)(device=self.device, cursor=cursor)
+        if ref is not None:
+            await self.send_frame({"type": "ok", "ref": ref})
+        await self.pump()
+
+    async def on_read(self, frame, ref):
+        data = validated(serializers.ReadSerializer, frame)
+        read_seq = await database_sync_to_async(services.conversation_read)(
+            device=self.device, conversation_id=data["conversation"], up_to_seq=data["up_to_seq"]
+        )
+        if ref is not None:
+            await self.send_frame({"type": "ok", "ref": ref, "read_seq": read_seq})
+
+    async def on_ping(self, frame, ref):
+        await self.send_frame({"type": "pong", "ref": ref} if ref is not None else {"type": "pong"})
+        # A heartbeat also refreshes the group membership (it expires in the layer)
+        # and looks at the inbox, so a lost doorbell delays delivery by one beat only.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.pump()
+
+    FRAME_HANDLERS = {"send": on_send, "ack": on_ack, "read": on_read, "ping": on_ping}
+
+    # --- channel layer events -------------------------------------------------------
+
+    async def inbox_ring(self, message):
+        await self.pump()
+
+    async def socket_takeover(self, message):
+        newer = (message["opened_at"], message["channel"]) > (self.opened_at, self.channel_name)
+        if message["channel"] != self.channel_name and newer:
+            await self.close(code=CLOSE_ELSEWHERE)
+
+    async def device_revoked(self, message):
+        await self.close(code=CLOSE_UNAUTHORIZED)
+
+    # --- pushing --------------------------------------------------------------------
+
+    async def pump(self):
+        """Push waiting events while the window has room; say `drained` once."""
+        room = self.window - len(self.in_flight)
+        if room <= 0:
+            return
+        page = await database_sync_to_async(selectors.inbox_after)(
+            device_id=self.device.id, after_cursor=self.pushed_cursor, limit=room
+        )
+        for item in page:
+            await self.send(text_data=jsonutil.dumps({"type": "event", **item}))
+            self.pushed_cursor = item["cursor"]
+            self.in_flight.append(item["cursor"])
+        exhausted = len(page) < room
+        if not self.drained_sent and (exhausted or self.pushed_cursor >= self.drain_target):
+            self.drained_sent = True
+            await self.send_frame({"type": "drained"})
+
+    async def send_frame(self, frame: dict):
+        await self.send(text_data=jsonutil.dumps(frame))
+
+    async def send_error(self, error: NatterError, ref):
+        await self.send_frame({"type": "error", "ref": ref, **error.as_dict()})
+        now = time.monotonic()
+        self.errors.append(now)
+        while self.errors and self.errors[0] < now - settings.NATTER["ABUSE_WINDOW_S"]:
+            self.errors.popleft()
+        if len(self.errors) > settings.NATTER["ABUSE_ERRORS"]:
+            await self.close(code=CLOSE_ABUSE)
+
+
+def _valid_ref(ref) -> bool:
+    if isinstance(ref, bool):
+        return False
+    if isinstance(ref, int):
+        return -(2**63) <= ref < 2**63
+    return isinstance(ref, str) and len(ref) <= 64

@@ -1,0 +1,48 @@
+"""Doorbells on the channel layer: the one place messaging touches it.
+
+The channel layer is at-most-once, so it only ever says "look at your inbox";
+every event it announces is already a committed row (PROTOCOL §0.1).
+"""
+
+import logging
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+logger = logging.getLogger("natter.events")
+
+RING = {"type": "inbox.ring"}
+
+
+def device_group(device_id: int) -> str:
+    return f"device.{device_id}"
+
+
+def ring_doorbells_on_commit(*, device_ids) -> None:
+    """Ring the doorbells of these devices once the current transaction commits."""
+    ids = sorted(set(device_ids))
+    if ids:
+        transaction.on_commit(lambda: _group_send_all([(device_group(d), RING) for d in ids]))
+
+
+def device_revoked_on_commit(*, device_id: int) -> None:
+    """Close the sockets and long-polls of a revoked device once the revocation commits."""
+    message = {"type": "device.revoked"}
+    transaction.on_commit(lambda: _group_send_all([(device_group(device_id), message)]))
+
+
+def _group_send_all(sends: list[tuple[str, dict]]) -> None:
+    # One async_to_sync around all the sends, not one per send (STACK-NOTES trap 8).
+    # A lost doorbell loses nothing, so a failing layer is logged, never raised:
+    # the rows are committed and clients find them on their next poll or ping.
+    try:
+        async_to_sync(_send_many)(sends)
+    except Exception:
+        logger.exception("could not ring %d doorbell(s)", len(sends))
+
+
+async def _send_many(sends: list[tuple[str, dict]]) -> None:
+    layer = get_channel_layer()
+    for group, message in sends:
+        await layer.group_send(group, message)

@@ -1,0 +1,120 @@
+"""`GET /api/v1/events`: the long-poll, held without a thread or a database connection.
+
+A Channels consumer routed before Django (STACK-NOTES trap 2): it answers at once
+when events wait; otherwise it joins the device's doorbell group and answers on
+the first ring or when the timeout passes. Database work happens in short hops,
+never across the wait (trap 3).
+"""
+
+import asyncio
+from urllib.parse import parse_qsl
+
+from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
+from channels.generic.http import AsyncHttpConsumer
+from django.db import DatabaseError
+
+from apps.accounts.scope_auth import device_for_scope
+from apps.common import jsonutil
+from apps.common.errors import BadRequest, NatterError, Unauthorized, Unavailable
+from apps.common.validation import validated
+from apps.messaging import selectors, serializers, services
+from apps.messaging.events import device_group
+
+
+class EventsLongPollConsumer(AsyncHttpConsumer):
+    group: str | None = None
+    timer: asyncio.TimerHandle | None = None
+
+    async def http_request(self, message):
+        if message.get("more_body"):
+            return
+        try:
+            if self.scope["method"] != "GET":
+                await self.respond_error(BadRequest("Use GET."), status=405)
+            query = dict(parse_qsl(self.scope.get("query_string", b"").decode("latin-1")))
+            params = validated(serializers.EventsQuerySerializer, query)
+            self.device = await device_for_scope(self.scope, websocket=False)
+            if self.device is None:
+                raise Unauthorized()
+            self.cursor, self.limit = params["cursor"], params["limit"]
+            # Join before reading, so a ring between the read and the join is not missed.
+            self.group = device_group(self.device.id)
+            await self.channel_layer.group_add(self.group, self.channel_name)
+            page = await database_sync_to_async(services.inbox_poll)(
+                device=self.device, cursor=self.cursor, limit=self.limit
+            )
+            if page["events"] or params["timeout"] == 0:
+                await self.finish(page)
+            loop = asyncio.get_running_loop()
+            self.timer = loop.call_later(params["timeout"], self._timed_out)
+        except NatterError as error:
+            await self.respond_error(error)
+        except DatabaseError:
+            await self.respond_error(Unavailable())
+
+    def _timed_out(self):
+        # Hand the timeout to the consumer's own queue, so it is handled in order
+        # with doorbells and the StopConsumer ends this consumer.
+        asyncio.ensure_future(self.channel_layer.send(self.channel_name, {"type": "poll.timeout"}))
+
+    async def inbox_ring(self, message):
+        try:
+            page = await database_sync_to_async(selectors.inbox_after)(
+                device_id=self.device.id, after_cursor=self.cursor, limit=self.limit + 1
+            )
+        except DatabaseError:
+            await self.respond_error(Unavailable())
+        if page:
+            has_more = len(page) > self.limit
+            page = page[: self.limit]
+            await self.finish(
+                {
+                    "events": page,
+                    "next_cursor": page[-1]["cursor"],
+                    "ephemeral": [],
+                    "has_more": has_more,
+                }
+            )
+
+    async def poll_timeout(self, message):
+        await self.finish(
+            {"events": [], "next_cursor": self.cursor, "ephemeral": [], "has_more": False}
+        )
+
+    async def device_revoked(self, message):
+        await self.respond_error(Unauthorized("This device was revoked."))
+
+    async def socket_takeover(self, message):
+        """A WebSocket of the same device opened; a long-poll is not affected."""
+
+    async def finish(self, body: dict):
+        await self.send_response(
+            200, jsonutil.dumpb(body), headers=[(b"content-type", b"application/json")]
+        )
+        await self.leave()
+        raise StopConsumer()
+
+    async def respond_error(self, error: NatterError, status: int | None = None):
+        headers = [(b"content-type", b"application/json")]
+        if "retry_after" in error.extra:
+            headers.append((b"retry-after", str(error.extra["retry_after"]).encode()))
+        if error.status == 401:
+            headers.append((b"www-authenticate", b'Bearer realm="api"'))
+        await self.send_response(
+            status or error.status, jsonutil.dumpb({"error": error.as_dict()}), headers=headers
+        )
+        await self.leave()
+        raise StopConsumer()
+
+    async def leave(self):
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.group is not None:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+            self.group = None
+
+    async def http_disconnect(self, message):
+        await self.leave()
+        raise StopConsumer()

@@ -1,0 +1,156 @@
+from django.conf import settings
+from django.db import models
+
+from apps.common import ids
+
+
+class Conversation(models.Model):
+    class Kind(models.TextChoices):
+        DIRECT = "direct"
+        GROUP = "group"
+
+    id = models.BigIntegerField(primary_key=True, default=ids.random_key, editable=False)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    title = models.CharField(max_length=200, blank=True)
+    # "<smaller user id>:<larger user id>" for direct conversations: the unique
+    # constraint makes "the one direct conversation of two users" hold under races.
+    direct_key = models.CharField(max_length=41, unique=True, null=True, editable=False)
+    # The last seq handed out. Incremented under the row lock of the sending
+    # transaction, so seqs are gapless: a rolled-back send rolls its seq back too.
+    last_seq = models.BigIntegerField(default=0, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"{self.kind} {self.public_id}"
+
+    @property
+    def public_id(self) -> str:
+        return ids.encode(ids.CONVERSATION, self.id)
+
+
+class Membership(models.Model):
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="memberships"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    # Everything up to read_seq has been read by this member (blue checks).
+    read_seq = models.BigIntegerField(default=0)
+    # Everything up to delivered_seq, sent by others, reached a device of this member.
+    delivered_seq = models.BigIntegerField(default=0)
+    is_admin = models.BooleanField(default=False)
+    joined_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation", "user"], name="messaging_membership_unique"
+            ),
+        ]
+        indexes = [models.Index(fields=["user"], name="messaging_membership_user")]
+
+    def __str__(self):
+        return f"{self.user_id} in {self.conversation_id}"
+
+
+class Message(models.Model):
+    """A message's metadata. Per-device ciphertexts live only in inbox rows."""
+
+    class Kind(models.TextChoices):
+        TEXT = "text"
+        MEDIA = "media"
+        SENDER_KEY = "sender_key"
+        SYSTEM = "system"
+
+    id = models.BigIntegerField(primary_key=True, default=ids.random_key, editable=False)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="+")
+    seq = models.BigIntegerField()
+    sender_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    sender_device = models.ForeignKey(
+        "accounts.Device", on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    client_id = models.UUIDField()
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    reply_to_seq = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            # Idempotent sends: a resend with the same client id is never stored twice.
+            models.UniqueConstraint(
+                fields=["sender_device", "client_id"], name="messaging_message_client_id_unique"
+            ),
+            models.UniqueConstraint(
+                fields=["conversation", "seq"], name="messaging_message_seq_unique"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.public_id} #{self.seq} in {self.conversation_id}"
+
+    @property
+    def public_id(self) -> str:
+        return ids.encode(ids.MESSAGE, self.id)
+
+
+class InboxEntry(models.Model):
+    """One durable event for one device, deleted when the device acks its cursor."""
+
+    class Type(models.TextChoices):
+        MESSAGE = "message"
+        RECEIPT = "receipt"
+        GROUP = "group"
+        DEVICE = "device"
+        PREKEYS_LOW = "prekeys_low"
+
+    id = models.BigAutoField(primary_key=True)
+    device = models.ForeignKey(
+        "accounts.Device", on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    cursor = models.BigIntegerField()
+    type = models.CharField(max_length=16, choices=Type.choices)
+    message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    envelope = models.CharField(max_length=10, blank=True)
+    body = models.BinaryField(null=True, blank=True)
+    payload = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["device", "cursor"], name="messaging_inbox_cursor"),
+        ]
+        verbose_name_plural = "inbox entries"
+
+    def __str__(self):
+        return f"{self.type} #{self.cursor} for device {self.device_id}"
+
+
+class Receipt(models.Model):
+    """Delivery and read state of one message for one recipient user."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="receipts")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    expired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["message", "user"], name="messaging_receipt_unique"),
+        ]
+        indexes = [
+            # The delivered watermark looks for a member's oldest undelivered message.
+            models.Index(
+                fields=["user", "message"],
+                name="messaging_receipt_pending",
+                condition=models.Q(delivered_at__isnull=True, expired_at__isnull=True),
+            ),
+        ]
+
+    def __str__(self):
+        return f"receipt of {self.message_id} for {self.user_id}"

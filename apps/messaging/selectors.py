@@ -1,0 +1,99 @@
+"""Reads of messaging: inbox pages, conversation lists."""
+
+import base64
+
+from django.db.models import Max
+
+from apps.accounts.models import User
+from apps.accounts.selectors import user_public
+from apps.common import ids
+from apps.messaging.models import Conversation, InboxEntry, Membership
+
+
+def inbox_after(*, device_id: int, after_cursor: int, limit: int) -> list[dict]:
+    """Return up to `limit` events of a device after `after_cursor`, as wire frames."""
+    rows = (
+        InboxEntry.objects.filter(device_id=device_id, cursor__gt=after_cursor)
+        .select_related("message")
+        .order_by("cursor")[:limit]
+    )
+    return [{"cursor": row.cursor, "event": inbox_event(row)} for row in rows]
+
+
+def inbox_last_cursor(*, device_id: int) -> int:
+    """Return the cursor of the newest event waiting for a device, or 0."""
+    value = InboxEntry.objects.filter(device_id=device_id).aggregate(last=Max("cursor"))["last"]
+    return value or 0
+
+
+def inbox_event(row: InboxEntry) -> dict:
+    """Build the wire event of one inbox row (PROTOCOL §5)."""
+    if row.type != InboxEntry.Type.MESSAGE:
+        return row.payload
+    m = row.message
+    return {
+        "type": "message",
+        "message_id": ids.encode(ids.MESSAGE, m.id),
+        "client_id": str(m.client_id),
+        "conversation": ids.encode(ids.CONVERSATION, m.conversation_id),
+        "seq": m.seq,
+        "sender": {
+            "user": ids.encode(ids.USER, m.sender_user_id),
+            "device": ids.encode(ids.DEVICE, m.sender_device_id),
+        },
+        "kind": m.kind,
+        "envelope": row.envelope,
+        "body": base64.b64encode(bytes(row.body)).decode(),
+        "sent_at": m.created_at.isoformat().replace("+00:00", "Z"),
+        "reply_to_seq": m.reply_to_seq,
+    }
+
+
+def conversation_list(*, user: User) -> list[dict]:
+    """Every conversation of a user with its members, last_seq and the caller's read_seq."""
+    memberships = list(
+        Membership.objects.filter(user=user)
+        .select_related("conversation")
+        .order_by("-conversation__last_seq", "conversation_id")
+    )
+    return _describe(user, memberships)
+
+
+def conversation_for_member(*, user: User, conversation_id: int) -> dict | None:
+    membership = (
+        Membership.objects.filter(user=user, conversation_id=conversation_id)
+        .select_related("conversation")
+        .first()
+    )
+    return _describe(user, [membership])[0] if membership else None
+
+
+def _describe(user: User, memberships: list[Membership]) -> list[dict]:
+    conversation_ids = [m.conversation_id for m in memberships]
+    members: dict[int, list[User]] = {cid: [] for cid in conversation_ids}
+    for m in (
+        Membership.objects.filter(conversation_id__in=conversation_ids)
+        .select_related("user")
+        .order_by("joined_at", "id")
+    ):
+        members[m.conversation_id].append(m.user)
+    result = []
+    for membership in memberships:
+        conversation: Conversation = membership.conversation
+        people = members[conversation.id]
+        title = conversation.title
+        if conversation.kind == Conversation.Kind.DIRECT:
+            other = next((u for u in people if u.id != user.id), user)
+            title = other.display_name or other.username
+        result.append(
+            {
+                "id": conversation.public_id,
+                "kind": conversation.kind,
+                "title": title,
+                "members": [user_public(u) for u in people],
+                "last_seq": conversation.last_seq,
+                "read_seq": membership.read_seq,
+            }
+        )
+    return result
+

@@ -1,0 +1,95 @@
+"""Wire shapes of messaging, shared by REST, the WebSocket and the OpenAPI schema."""
+
+from django.conf import settings
+from rest_framework import serializers
+
+from apps.common import ids
+from apps.common.fields import Base64Field, PublicIdField, StrictIntegerField
+from apps.messaging.models import Message
+
+MAX_INT = 2**63 - 1
+
+
+class CiphertextSerializer(serializers.Serializer):
+    device = PublicIdField(ids.DEVICE)
+    envelope = serializers.ChoiceField(choices=["prekey", "message"])
+    body = Base64Field(max_bytes=settings.NATTER["CIPHERTEXT_MAX_BYTES"])
+
+
+class MessageSendSerializer(serializers.Serializer):
+    client_id = serializers.UUIDField(format="hex_verbose")
+    conversation = PublicIdField(ids.CONVERSATION)
+    kind = serializers.ChoiceField(choices=Message.Kind.choices)
+    ciphertexts = CiphertextSerializer(
+        many=True, max_length=settings.NATTER["MAX_CIPHERTEXTS"], allow_empty=True
+    )
+    reply_to_seq = StrictIntegerField(
+        min_value=1, max_value=MAX_INT, required=False, allow_null=True
+    )
+
+
+class AckResultSerializer(serializers.Serializer):
+    client_id = serializers.UUIDField()
+    message_id = serializers.CharField()
+    conversation = serializers.CharField()
+    seq = serializers.IntegerField()
+    server_ts = serializers.DateTimeField()
+
+
+class CursorSerializer(serializers.Serializer):
+    cursor = StrictIntegerField(min_value=0, max_value=MAX_INT)
+
+
+class ReadSerializer(serializers.Serializer):
+    conversation = PublicIdField(ids.CONVERSATION)
+    up_to_seq = StrictIntegerField(min_value=0, max_value=MAX_INT)
+
+
+class ReadResultSerializer(serializers.Serializer):
+    conversation = serializers.CharField()
+    read_seq = serializers.IntegerField()
+
+
+class DirectConversationSerializer(serializers.Serializer):
+    user_id = PublicIdField(ids.USER)
+
+
+class MemberSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    username = serializers.CharField()
+    display_name = serializers.CharField()
+
+
+class ConversationSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    kind = serializers.ChoiceField(choices=["direct", "group"])
+    title = serializers.CharField()
+    members = MemberSerializer(many=True)
+    last_seq = serializers.IntegerField()
+    read_seq = serializers.IntegerField()
+
+
+class EventsQuerySerializer(serializers.Serializer):
+    """Query of `GET /api/v1/events`, the long-poll."""
+
+    cursor = serializers.IntegerField(min_value=0, max_value=MAX_INT, default=0)
+    timeout = serializers.IntegerField(
+        min_value=0, max_value=settings.NATTER["LONGPOLL_MAX_TIMEOUT_S"], default=25
+    )
+    limit = serializers.IntegerField(
+        min_value=1,
+        max_value=settings.NATTER["LONGPOLL_MAX_LIMIT"],
+        default=settings.NATTER["LONGPOLL_DEFAULT_LIMIT"],
+    )
+
+
+class InboxItemSerializer(serializers.Serializer):
+    cursor = serializers.IntegerField()
+    event = serializers.DictField(help_text="A message, receipt, group, device or prekeys_low event.")
+
+
+class EventsPageSerializer(serializers.Serializer):
+    events = InboxItemSerializer(many=True)
+    next_cursor = serializers.IntegerField()
+    ephemeral = serializers.ListField(child=serializers.DictField())
+    has_more = serializers.BooleanField()

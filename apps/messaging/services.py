@@ -1,0 +1,531 @@
+"""Writes of messaging: send, acknowledge, read, expire (PROTOCOL §4, §5).
+
+Every function here runs its writes in one transaction and rings doorbells only
+after commit, so a client that hears a doorbell always finds the rows it announces.
+"""
+
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Min, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from apps.accounts.models import Device, User
+from apps.common import ids
+from apps.common.errors import BadRequest, DeviceMismatch, NotFound, NotMember
+from apps.common.ratelimit import rate_limit_hit
+from apps.messaging import events
+from apps.messaging.models import Conversation, InboxEntry, Membership, Message, Receipt
+
+
+@dataclass(frozen=True)
+class Ciphertext:
+    device_id: int
+    envelope: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class SendResult:
+    message: Message
+    duplicate: bool
+
+    def as_ack(self) -> dict:
+        m = self.message
+        return {
+            "client_id": str(m.client_id),
+            "message_id": m.public_id,
+            "conversation": ids.encode(ids.CONVERSATION, m.conversation_id),
+            "seq": m.seq,
+            "server_ts": m.created_at.isoformat().replace("+00:00", "Z"),
+        }
+
+
+# --- Conversations -------------------------------------------------------------------
+
+
+def conversation_direct_get_or_create(*, user: User, other_user_id: int) -> tuple[Conversation, bool]:
+    """Return the one direct conversation of two users, creating it on first use."""
+    if other_user_id == user.id:
+        raise BadRequest("A direct conversation needs another user.", field="user_id")
+    if not User.objects.filter(id=other_user_id, is_active=True).exists():
+        raise NotFound("No such user.")
+    low, high = sorted((user.id, other_user_id))
+    key = f"{low}:{high}"
+    existing = Conversation.objects.filter(direct_key=key).first()
+    if existing is not None:
+        return existing, False
+    try:
+        with transaction.atomic():
+            conversation = Conversation.objects.create(
+                kind=Conversation.Kind.DIRECT, direct_key=key
+            )
+            Membership.objects.bulk_create(
+                [
+                    Membership(conversation=conversation, user_id=low),
+                    Membership(conversation=conversation, user_id=high),
+                ]
+            )
+    except IntegrityError:
+        # Both users opened the chat at once: the other transaction won.
+        return Conversation.objects.get(direct_key=key), False
+    return conversation, True
+
+
+# --- Sending -------------------------------------------------------------------------
+
+
+def message_send(
+    *,
+    sender_device: Device,
+    conversation_id: int,
+    client_id: uuid.UUID,
+    kind: str,
+    ciphertexts: list[Ciphertext],
+    reply_to_seq: int | None = None,
+) -> SendResult:
+    """Store a message and one inbox row per recipient device; idempotent on client_id."""
+    rate_limit_hit(
+        scope="send", key=str(sender_device.id), limit=settings.NATTER["SEND_RATE"], period_s=60
+    )
+    original = _message_by_client_id(sender_device, client_id)
+    if original is not None:
+        return SendResult(original, duplicate=True)
+    try:
+        with transaction.atomic():
+            message = _message_store(
+                sender_device=sender_device,
+                conversation_id=conversation_id,
+                client_id=client_id,
+                kind=kind,
+                ciphertexts=ciphertexts,
+                reply_to_seq=reply_to_seq,
+            )
+    except IntegrityError:
+        # A concurrent resend of the same client_id committed first; the whole
+        # transaction (its seq included) rolled back, so seqs stay gapless.
+        original = _message_by_client_id(sender_device, client_id)
+        if original is None:
+            raise
+        return SendResult(original, duplicate=True)
+    return SendResult(message, duplicate=False)
+
+
+def _message_by_client_id(device: Device, client_id: uuid.UUID) -> Message | None:
+    return Message.objects.filter(sender_device=device, client_id=client_id).first()
+
+
+def _message_store(
+    *, sender_device, conversation_id, client_id, kind, ciphertexts, reply_to_seq
+) -> Message:
+    sender_user_id = sender_device.user_id
+    members = dict(
+        Membership.objects.filter(conversation_id=conversation_id).values_list(
+            "user_id", "conversation__kind"
+        )
+    )
+    if sender_user_id not in members:
+        raise NotMember()
+    if members[sender_user_id] != Conversation.Kind.DIRECT:
+        raise BadRequest("Only direct conversations take pairwise sends.", field="conversation")
+
+    # The exact device set: every active device of the other member and the
+    # sender's other devices, so a client never silently misses one.
+    expected = dict(
+        Device.objects.active()
+        .filter(user_id__in=members)
+        .exclude(id=sender_device.id)
+        .values_list("id", "user_id")
+    )
+    given = [c.device_id for c in ciphertexts]
+    if len(set(given)) != len(given):
+        raise BadRequest("A device appears twice in ciphertexts.", field="ciphertexts")
+    missing, extra = set(expected) - set(given), set(given) - set(expected)
+    if missing or extra:
+        raise DeviceMismatch(
+            missing=sorted(ids.encode(ids.DEVICE, d) for d in missing),
+            extra=sorted(ids.encode(ids.DEVICE, d) for d in extra),
+        )
+
+    seq = _next_seq(conversation_id)
+    if reply_to_seq is not None and reply_to_seq >= seq:
+        raise BadRequest("reply_to_seq must name an earlier message.", field="reply_to_seq")
+    message = Message.objects.create(
+        conversation_id=conversation_id,
+        seq=seq,
+        sender_user_id=sender_user_id,
+        sender_device=sender_device,
+        client_id=client_id,
+        kind=kind,
+        reply_to_seq=reply_to_seq,
+    )
+    _inbox_append(
+        [
+            InboxEntry(
+                device_id=c.device_id,
+                type=InboxEntry.Type.MESSAGE,
+                message=message,
+                envelope=c.envelope,
+                body=c.body,
+            )
+            for c in ciphertexts
+        ]
+    )
+    recipients = [u for u in members if u != sender_user_id]
+    Receipt.objects.bulk_create([Receipt(message=message, user_id=u) for u in recipients])
+    return message
+
+
+def _next_seq(conversation_id: int) -> int:
+    # The row lock taken here is held until commit: concurrent senders queue and
+    # each gets the next seq, and a rollback returns its seq.
+    with connection.cursor() as cur:
+        cur.execute(
+            "UPDATE messaging_conversation SET last_seq = last_seq + 1 WHERE id = %s "
+            "RETURNING last_seq",
+            [conversation_id],
+        )
+        row = cur.fetchone()
+    if row is None:
+        raise NotMember()
+    return row[0]
+
+
+# --- The inbox ---------------------------------------------------------------------
+
+
+def _inbox_append(rows: list[InboxEntry]) -> list[InboxEntry]:
+    """Give each row the next cursor of its device, insert them, ring on commit.
+
+    Rows for devices revoked meanwhile are dropped: their inbox is gone.
+    """
+    if not rows:
+        return []
+    counts = Counter(r.device_id for r in rows)
+    last = _allocate_cursors(counts)
+    next_cursor = {d: last[d] - counts[d] + 1 for d in last}
+    kept = []
+    for row in rows:
+        if row.device_id in next_cursor:
+            row.cursor = next_cursor[row.device_id]
+            next_cursor[row.device_id] += 1
+            kept.append(row)
+    InboxEntry.objects.bulk_create(kept)
+    events.ring_doorbells_on_commit(device_ids=last.keys())
+    return kept
+
+
+def _allocate_cursors(counts: dict[int, int]) -> dict[int, int]:
+    """Reserve `n` cursors per active device; return the last reserved per device.
+
+    The device rows stay locked until commit, so one device's rows commit in
+    cursor order. Locks are taken in id order so two writers never deadlock.
+    """
+    device_ids = sorted(counts)
+    with connection.cursor() as cur:
+        if connection.vendor == "postgresql":
+            cur.execute(
+                """
+                WITH wanted(id, n) AS (SELECT * FROM unnest(%s::bigint[], %s::bigint[])),
+                     locked AS (
+                         SELECT d.id FROM accounts_device d
+                         WHERE d.id = ANY(%s::bigint[]) AND d.revoked_at IS NULL
+                         ORDER BY d.id FOR UPDATE
+                     )
+                UPDATE accounts_device d SET inbox_cursor = d.inbox_cursor + w.n
+                FROM wanted w JOIN locked l ON l.id = w.id
+                WHERE d.id = w.id
+                RETURNING d.id, d.inbox_cursor
+                """,
+                [device_ids, [counts[d] for d in device_ids], device_ids],
+            )
+        else:
+            # SQLite takes one database-wide write lock: there is nothing to order.
+            cases = " ".join("WHEN %s THEN %s" for _ in device_ids)
+            params = [v for d in device_ids for v in (d, counts[d])]
+            marks = ",".join("%s" for _ in device_ids)
+            cur.execute(
+                f"UPDATE accounts_device SET inbox_cursor = inbox_cursor + CASE id {cases} END "
+                f"WHERE id IN ({marks}) AND revoked_at IS NULL RETURNING id, inbox_cursor",
+                [*params, *device_ids],
+            )
+        return dict(cur.fetchall())
+
+
+def inbox_ack(*, device: Device, cursor: int) -> int:
+    """Delete the device's events up to `cursor`; turn acked messages to delivered."""
+    with transaction.atomic():
+        with connection.cursor() as cur:
+            cur.execute(
+                "DELETE FROM messaging_inboxentry WHERE device_id = %s AND cursor <= %s "
+                "RETURNING message_id",
+                [device.id, cursor],
+            )
+            message_ids = [row[0] for row in cur.fetchall() if row[0] is not None]
+        if message_ids:
+            _mark_delivered(user_id=device.user_id, message_ids=message_ids)
+    return cursor
+
+
+def inbox_drop(*, device: Device) -> None:
+    """Delete a device's whole inbox (the device was revoked)."""
+    InboxEntry.objects.filter(device=device).delete()
+
+
+def _mark_delivered(*, user_id: int, message_ids: list[int]) -> None:
+    now = timezone.now()
+    updated = Receipt.objects.filter(
+        user_id=user_id, message_id__in=message_ids, delivered_at__isnull=True
+    ).update(delivered_at=now)
+    if not updated:
+        return  # another device of this user got there first
+    conversation_ids = set(
+        Message.objects.filter(id__in=message_ids)
+        .exclude(sender_user_id=user_id)
+        .values_list("conversation_id", flat=True)
+    )
+    _advance_delivered(user_id=user_id, conversation_ids=conversation_ids, at=now)
+
+
+def _advance_delivered(*, user_id: int, conversation_ids, at: datetime) -> None:
+    """Move the member's delivered watermark and tell the senders it passed.
+
+    The watermark is the highest seq below which nothing sent to this member is
+    still on its way, so a batched "delivered up to N" never claims a message a
+    device of theirs has not acked (one that only an offline device holds, say).
+    """
+    if not conversation_ids:
+        return
+    memberships = list(
+        Membership.objects.select_for_update()
+        .filter(user_id=user_id, conversation_id__in=conversation_ids)
+        .order_by("conversation_id")
+    )
+    # last_seq is read before the pending receipts: a message committed in between
+    # then has its receipt seen as pending, and is never counted as delivered.
+    last_seqs = dict(
+        Conversation.objects.filter(id__in=conversation_ids).values_list("id", "last_seq")
+    )
+    first_pending = dict(
+        Receipt.objects.filter(
+            user_id=user_id,
+            delivered_at__isnull=True,
+            expired_at__isnull=True,
+            message__conversation_id__in=conversation_ids,
+        )
+        .values_list("message__conversation_id")
+        .annotate(first=Min("message__seq"))
+    )
+    advanced = {}
+    for membership in memberships:
+        cid = membership.conversation_id
+        pending = first_pending.get(cid)
+        watermark = last_seqs[cid] if pending is None else min(last_seqs[cid], pending - 1)
+        if watermark > membership.delivered_seq:
+            advanced[cid] = (membership.delivered_seq, watermark)
+            membership.delivered_seq = watermark
+    if not advanced:
+        return
+    Membership.objects.bulk_update(
+        [m for m in memberships if m.conversation_id in advanced], ["delivered_seq"]
+    )
+    _receipt_notify(status="delivered", by_user_id=user_id, ranges=advanced, at=at)
+
+
+def _receipt_notify(
+    *, status: str, by_user_id: int, ranges: dict[int, tuple[int, int]], at: datetime
+) -> None:
+    """Put one batched `receipt` event per conversation into each sender's devices."""
+    in_range = Q()
+    for cid, (low, high) in ranges.items():
+        in_range |= Q(conversation_id=cid, seq__gt=low, seq__lte=high)
+    messages = Message.objects.filter(in_range).exclude(sender_user_id=by_user_id)
+    if status == "delivered":
+        # A range may hold expired messages too: only senders with something that
+        # really arrived hear "delivered" (the expired ones were told so already).
+        messages = messages.filter(receipts__user_id=by_user_id, receipts__delivered_at__isnull=False)
+    senders = set(messages.values_list("conversation_id", "sender_user_id").distinct())
+    if not senders:
+        return
+    devices_by_user = defaultdict(list)
+    for device_id, owner in Device.objects.active().filter(
+        user_id__in={u for _, u in senders}
+    ).values_list("id", "user_id"):
+        devices_by_user[owner].append(device_id)
+    stamp = _iso(at)
+    rows = []
+    for cid, sender_id in sorted(senders):
+        payload = {
+            "type": "receipt",
+            "conversation": ids.encode(ids.CONVERSATION, cid),
+            "status": status,
+            "by_user": ids.encode(ids.USER, by_user_id),
+            "up_to_seq": ranges[cid][1],
+            "at": stamp,
+        }
+        rows += [
+            InboxEntry(device_id=d, type=InboxEntry.Type.RECEIPT, payload=payload)
+            for d in devices_by_user[sender_id]
+        ]
+    _inbox_append(rows)
+
+
+# --- Reading -------------------------------------------------------------------------
+
+
+def conversation_read(*, device: Device, conversation_id: int, up_to_seq: int) -> int:
+    """Move the reader's read pointer; send one batched read receipt to each sender."""
+    user_id = device.user_id
+    with transaction.atomic():
+        membership = (
+            Membership.objects.select_for_update()
+            .select_related("conversation")
+            .filter(conversation_id=conversation_id, user_id=user_id)
+            .first()
+        )
+        if membership is None:
+            raise NotMember()
+        new_read = min(up_to_seq, membership.conversation.last_seq)
+        old_read = membership.read_seq
+        if new_read <= old_read:
+            return old_read
+        now = timezone.now()
+        membership.read_seq = new_read
+        # Reading a message means it reached one of the reader's devices.
+        membership.delivered_seq = max(membership.delivered_seq, new_read)
+        membership.save(update_fields=["read_seq", "delivered_seq"])
+        Receipt.objects.filter(
+            user_id=user_id,
+            message__conversation_id=conversation_id,
+            message__seq__gt=old_read,
+            message__seq__lte=new_read,
+            read_at__isnull=True,
+        ).update(read_at=now, delivered_at=Coalesce("delivered_at", now))
+        _receipt_notify(
+            status="read", by_user_id=user_id, ranges={conversation_id: (old_read, new_read)}, at=now
+        )
+    return new_read
+
+
+# --- Devices -------------------------------------------------------------------------
+
+
+def device_event_broadcast(*, device: Device, action: str) -> None:
+    """Tell the user's other devices and everyone sharing a conversation about a device."""
+    shared = Membership.objects.filter(
+        conversation__in=Membership.objects.filter(user_id=device.user_id).values("conversation")
+    ).values("user_id")
+    targets = (
+        Device.objects.active()
+        .filter(Q(user_id__in=shared) | Q(user_id=device.user_id))
+        .exclude(id=device.id)
+        .values_list("id", flat=True)
+    )
+    payload = {
+        "type": "device",
+        "user": ids.encode(ids.USER, device.user_id),
+        "device": device.public_id,
+        "action": action,
+    }
+    _inbox_append(
+        [InboxEntry(device_id=d, type=InboxEntry.Type.DEVICE, payload=payload) for d in targets]
+    )
+
+
+# --- Expiry --------------------------------------------------------------------------
+
+
+def inbox_expire(*, now: datetime | None = None, batch_size: int = 1000) -> dict:
+    """Drop inbox rows past RETENTION_DAYS and tell senders what never arrived.
+
+    Runs from Celery beat. Each batch is its own transaction, so a long backlog of
+    expiries never holds locks for long.
+    """
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.NATTER["RETENTION_DAYS"])
+    rows_deleted, _ = InboxEntry.objects.filter(created_at__lt=cutoff).delete()
+    receipts_expired = 0
+    while True:
+        with transaction.atomic():
+            batch = list(
+                Receipt.objects.select_for_update(skip_locked=True, of=("self",))
+                .filter(
+                    delivered_at__isnull=True,
+                    expired_at__isnull=True,
+                    message__created_at__lt=cutoff,
+                )
+                .values_list(
+                    "id", "user_id", "message__conversation_id", "message__seq",
+                    "message__sender_user_id",
+                )[:batch_size]
+            )
+            if not batch:
+                break
+            Receipt.objects.filter(id__in=[b[0] for b in batch]).update(expired_at=now)
+            receipts_expired += len(batch)
+            _expired_notify(batch, at=now)
+    return {"inbox_rows_deleted": rows_deleted, "receipts_expired": receipts_expired}
+
+
+def _expired_notify(batch, *, at: datetime) -> None:
+    seqs = defaultdict(list)  # (conversation, sender, recipient) -> seqs that never arrived
+    for _, user_id, cid, seq, sender_id in batch:
+        seqs[(cid, sender_id, user_id)].append(seq)
+    devices_by_user = defaultdict(list)
+    for device_id, owner in Device.objects.active().filter(
+        user_id__in={k[1] for k in seqs}
+    ).values_list("id", "user_id"):
+        devices_by_user[owner].append(device_id)
+    stamp = _iso(at)
+    rows = []
+    for (cid, sender_id, user_id), lost in sorted(seqs.items()):
+        lost.sort()
+        payload = {
+            "type": "receipt",
+            "conversation": ids.encode(ids.CONVERSATION, cid),
+            "status": "expired",
+            "by_user": ids.encode(ids.USER, user_id),
+            "up_to_seq": lost[-1],
+            "seqs": lost,
+            "at": stamp,
+        }
+        rows += [
+            InboxEntry(device_id=d, type=InboxEntry.Type.RECEIPT, payload=payload)
+            for d in devices_by_user[sender_id]
+        ]
+    _inbox_append(rows)
+    # An expired message no longer holds back the delivered watermark of its member.
+    by_user = defaultdict(set)
+    for (cid, _, user_id) in seqs:
+        by_user[user_id].add(cid)
+    for user_id, conversation_ids in by_user.items():
+        _advance_delivered(user_id=user_id, conversation_ids=conversation_ids, at=at)
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+# --- Long-poll -----------------------------------------------------------------------
+
+
+def inbox_poll(*, device: Device, cursor: int, limit: int) -> dict:
+    """Ack everything up to `cursor` and return the next page of the device's inbox."""
+    from apps.messaging.selectors import inbox_after
+
+    if cursor > 0:
+        inbox_ack(device=device, cursor=cursor)
+    page = inbox_after(device_id=device.id, after_cursor=cursor, limit=limit + 1)
+    has_more = len(page) > limit
+    page = page[:limit]
+    return {
+        "events": page,
+        "next_cursor": page[-1]["cursor"] if page else cursor,
+        "ephemeral": [],
+        "has_more": has_more,
+    }

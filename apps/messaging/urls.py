@@ -1,0 +1,12 @@
+from django.urls import path
+
+from apps.messaging import api
+
+urlpatterns = [
+    path("conversations", api.ConversationListApi.as_view(), name="conversation-list"),
+    path("conversations/direct", api.ConversationDirectApi.as_view(), name="conversation-direct"),
+    path("messages", api.MessageSendApi.as_view(), name="message-send"),
+    path("events", api.EventsPollApi.as_view(), name="events-poll"),
+    path("events/ack", api.EventsAckApi.as_view(), name="events-ack"),
+    path("read", api.ReadApi.as_view(), name="read"),
+]

@@ -1,0 +1,59 @@
+import base64
+import uuid
+
+import pytest
+from channels.layers import channel_layers
+
+from apps.accounts import services as account_services
+
+
+@pytest.fixture(autouse=True)
+def _fast_hasher(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layers():
+    # channels-redis pools are tied to one event loop; pytest-asyncio gives each
+    # test a new loop (STACK-NOTES, Tests).
+    channel_layers.backends = {}
+    yield
+    channel_layers.backends = {}
+
+
+@pytest.fixture(autouse=True)
+def _clear_rate_limits():
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+
+
+class People:
+    """Makes users and logged-in devices the way clients do: through the services."""
+
+    def __init__(self):
+        self.n = 0
+
+    def user(self, name: str | None = None):
+        self.n += 1
+        name = name or f"user{self.n}_{uuid.uuid4().hex[:6]}"
+        return account_services.user_register(
+            username=name, password="a long pass phrase 42", display_name=name.title()
+        )
+
+    def device(self, user, name: str = "laptop"):
+        device, token = account_services.device_login(
+            username=user.username, password="a long pass phrase 42", device_name=name
+        )
+        device.token = token
+        return device
+
+
+@pytest.fixture
+def people():
+    return People()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

@@ -1,0 +1,244 @@
+"""The send / ack / read / expire services against Postgres."""
+
+import threading
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from apps.common.errors import BadRequest, DeviceMismatch, NotMember
+from apps.messaging import services
+from apps.messaging.models import InboxEntry, Message, Receipt
+from tests.messaging.helpers import events_of, inbox, send
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def chat(people):
+    alice, bob = people.user("alice"), people.user("bob")
+    a1, a2 = people.device(alice, "a-laptop"), people.device(alice, "a-phone")
+    b1, b2 = people.device(bob, "b-laptop"), people.device(bob, "b-phone")
+    conversation, _ = services.conversation_direct_get_or_create(user=alice, other_user_id=bob.id)
+    # Start from empty inboxes: logins put `device` events in them.
+    for d in (a1, a2, b1, b2):
+        InboxEntry.objects.filter(device=d).delete()
+    return alice, bob, a1, a2, b1, b2, conversation
+
+
+def test_direct_conversation_is_idempotent_per_pair(people):
+    alice, bob = people.user(), people.user()
+    first, created = services.conversation_direct_get_or_create(user=alice, other_user_id=bob.id)
+    again, created_again = services.conversation_direct_get_or_create(
+        user=bob, other_user_id=alice.id
+    )
+    assert created and not created_again
+    assert first.id == again.id
+
+
+def test_send_writes_one_inbox_row_per_recipient_device_including_senders_others(chat):
+    alice, bob, a1, a2, b1, b2, conversation = chat
+    result = send(a1, conversation, [a2, b1, b2], body=b"hello")
+    assert not result.duplicate and result.message.seq == 1
+    assert inbox(a1) == []
+    for device in (a2, b1, b2):
+        (item,) = inbox(device)
+        event = item["event"]
+        assert event["type"] == "message"
+        assert event["seq"] == 1 and event["message_id"] == result.message.public_id
+        assert event["sender"] == {"user": alice.public_id, "device": a1.public_id}
+    assert Receipt.objects.filter(message=result.message).count() == 1
+
+
+def test_resend_with_same_client_id_is_not_stored_twice(chat):
+    alice, bob, a1, a2, b1, b2, conversation = chat
+    client_id = uuid.uuid4()
+    first = send(a1, conversation, [a2, b1, b2], client_id=client_id)
+    again = send(a1, conversation, [a2, b1, b2], client_id=client_id)
+    assert again.duplicate and again.as_ack() == first.as_ack()
+    assert Message.objects.count() == 1
+    assert len(inbox(b1)) == 1
+
+
+def test_device_mismatch_names_missing_and_extra_and_stores_nothing(chat, people):
+    alice, bob, a1, a2, b1, b2, conversation = chat
+    stranger = people.device(people.user())
+    with pytest.raises(DeviceMismatch) as caught:
+        send(a1, conversation, [a2, b1, stranger])
+    assert caught.value.extra == {"missing": [b2.public_id], "extra": [stranger.public_id]}
+    assert Message.objects.count() == 0
+    conversation.refresh_from_db()
+    assert conversation.last_seq == 0
+
+
+def test_send_to_someone_elses_conversation_is_not_member(chat, people):
+    *_, conversation = chat
+    outsider = people.device(people.user())
+    with pytest.raises(NotMember):
+        send(outsider, conversation, [])
+
+
+def test_reply_to_must_name_an_earlier_message(chat):
+    alice, bob, a1, a2, b1, b2, conversation = chat
+    with pytest.raises(BadRequest):
+        send(a1, conversation, [a2, b1, b2], reply_to_seq=1)
+    conversation.refresh_from_db()
+    assert conversation.last_seq == 0  # the failed send returned its seq
+
+
+def test_ack_deletes_rows_and_sends_one_delivered_receipt_to_each_sender_device(chat):
+    alice, bob, a1, a2, b1, b2, conversation = chat
+    for _ in range(3):
+        send(a1, conversation, [a2, b1, b2])
+    last = inbox(b1)[-1]["cursor"]
+    services.inbox_ack(device=b1, cursor=last)
+    assert inbox(b1) == []
+    for device in (a1, a2):
+        (receipt,) = events_of(device, "receipt")
+        assert receipt["status"] == "delivered" and receipt["up_to_seq"] == 3
+        assert receipt["by_user"] == bob.public_id
+    # Bob's second device acking the same messages tells nobody anything new.
+    services.inbox_ack(device=b2, cursor=inbox(b2)[-1]["cursor"])
+    assert len(events_of(a1, "receipt")) == 1
+
+
+def test_delivered_up_to_waits_for_a_message_only_an_offline_device_holds(chat, people):
+    alice, bob, a1, a2, b1, b2, conversation = chat
+    send(a1, conversation, [a2, b1, b2])  # seq 1 reaches b1 and b2
+    b3 = people.device(bob, "b-tablet")  # a new device: it never gets seq 1
+    InboxEntry.objects.filter(type="device").delete()
+    send(a1, conversation, [a2, b1, b2, b3])  # seq 2
+    services.inbox_ack(device=b3, cursor=inbox(b3)[-1]["cursor"])
+    # Seq 2 reached Bob but seq 1 did not yet: "delivered up to 2" would be a lie.
+    assert events_of(a1, "receipt") == []
+    services.inbox_ack(device=b1, cursor=inbox(b1)[-1]["cursor"])
+    (receipt,) = events_of(a1, "receipt")
+    assert receipt["up_to_seq"] == 2
+
+
+def test_read_moves_pointer_and_sends_one_batched_read_receipt(chat):
+    alice, bob, a1, a2, b1, b2, conversation = chat
+    for _ in range(4):
+        send(a1, conversation, [a2, b1, b2])
+    assert services.conversation_read(device=b1, conversation_id=conversation.id, up_to_seq=3) == 3
+    (receipt,) = events_of(a1, "receipt")
+    assert receipt["status"] == "read" and receipt["up_to_seq"] == 3
+    # Reading again up to the same point sends nothing; beyond last_seq is clamped.
+    services.conversation_read(device=b2, conversation_id=conversation.id, up_to_seq=3)
+    assert services.conversation_read(device=b2, conversation_id=conversation.id, up_to_seq=99) == 4
+    assert [r["up_to_seq"] for r in events_of(a1, "receipt")] == [3, 4]
+    assert Receipt.objects.filter(read_at__isnull=False).count() == 4
+
+
+def test_nothing_of_a_body_remains_once_every_recipient_device_acked(chat):
+    alice, bob, a1, a2, b1, b2, conversation = chat
+    send(a1, conversation, [a2, b1, b2], body=b"goodnight")
+    for device in (a2, b1, b2):
+        services.inbox_ack(device=device, cursor=inbox(device)[-1]["cursor"])
+    assert not InboxEntry.objects.filter(type="message").exists()
+    assert not InboxEntry.objects.filter(body__isnull=False).exists()
+
+
+def test_expiry_drops_old_rows_and_tells_the_sender_what_never_arrived(chat, settings):
+    alice, bob, a1, a2, b1, b2, conversation = chat
+    settings.NATTER = {**settings.NATTER, "RETENTION_DAYS": 30}
+    send(a1, conversation, [a2, b1, b2])
+    send(a1, conversation, [a2, b1, b2])
+    later = timezone.now() + timedelta(days=31)
+    result = services.inbox_expire(now=later)
+    assert result["receipts_expired"] == 2
+    assert not InboxEntry.objects.filter(type="message").exists()
+    (receipt,) = events_of(a1, "receipt")
+    assert receipt["status"] == "expired" and receipt["seqs"] == [1, 2]
+    assert receipt["by_user"] == bob.public_id
+    # Running it again finds nothing more to say.
+    assert services.inbox_expire(now=later)["receipts_expired"] == 0
+
+
+def test_cursors_strictly_increase_per_device(chat):
+    alice, bob, a1, a2, b1, b2, conversation = chat
+    for _ in range(5):
+        send(a1, conversation, [a2, b1, b2])
+    cursors = [i["cursor"] for i in inbox(b1)]
+    assert cursors == sorted(cursors) and len(set(cursors)) == 5
+
+
+def test_send_query_count_is_pinned(chat):
+    alice, bob, a1, a2, b1, b2, conversation = chat
+    send(a1, conversation, [a2, b1, b2])
+    with CaptureQueriesContext(connection) as queries:
+        send(a1, conversation, [a2, b1, b2])
+    # dedupe check, members, devices, seq, message, cursors, inbox rows, receipt,
+    # plus the savepoint pair of the transaction.
+    assert len(queries) == 10, [q["sql"] for q in queries]
+
+
+def test_ack_query_count_is_pinned(chat):
+    alice, bob, a1, a2, b1, b2, conversation = chat
+    for _ in range(20):
+        send(a1, conversation, [a2, b1, b2])
+    last = inbox(b1)[-1]["cursor"]
+    with CaptureQueriesContext(connection) as queries:
+        services.inbox_ack(device=b1, cursor=last)
+    # delete, receipts, conversations, membership lock, last_seq, pending, update
+    # watermark, senders, sender devices, cursors, receipt rows, savepoints: the
+    # same for 20 messages as for one.
+    assert len(queries) == 13, [q["sql"] for q in queries]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_senders_get_gapless_seq(people):
+    alice, bob = people.user(), people.user()
+    a1, b1 = people.device(alice), people.device(bob)
+    conversation, _ = services.conversation_direct_get_or_create(user=alice, other_user_id=bob.id)
+    errors = []
+
+    def worker(sender, recipient):
+        try:
+            for _ in range(15):
+                send(sender, conversation, [recipient])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker, args=(a1, b1)) for _ in range(3)]
+    threads += [threading.Thread(target=worker, args=(b1, a1)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    seqs = sorted(Message.objects.filter(conversation=conversation).values_list("seq", flat=True))
+    assert seqs == list(range(1, 91))
+    cursors = [i["cursor"] for i in inbox(b1)]
+    assert cursors == sorted(set(cursors))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_resends_of_one_client_id_store_one_message(people):
+    alice, bob = people.user(), people.user()
+    a1, b1 = people.device(alice), people.device(bob)
+    conversation, _ = services.conversation_direct_get_or_create(user=alice, other_user_id=bob.id)
+    client_id = uuid.uuid4()
+    results, barrier = [], threading.Barrier(6)
+
+    def worker():
+        barrier.wait()
+        try:
+            results.append(send(a1, conversation, [b1], client_id=client_id))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 6
+    assert len({r.message.id for r in results}) == 1
+    assert sum(not r.duplicate for r in results) == 1
+    assert Message.objects.count() == 1
