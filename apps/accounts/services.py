@@ -16,7 +16,7 @@ def user_register(*, username: str, password: str, display_name: str = "") -> Us
     """Create a user; the handle is unique regardless of case."""
     user = User(username=username, display_name=display_name or username)
     try:
-        user.full_clean(exclude=["password"], validate_unique=False)
+        user.full_clean(exclude=["password"], validate_unique=False, validate_constraints=False)
         password_validation.validate_password(password, user)
     except ValidationError as exc:
         raise BadRequest(" ".join(exc.messages)) from exc

@@ -42,19 +42,22 @@ class Base64Field(serializers.Field):
             raise serializers.ValidationError("Expected a base64 string.")
         # Refuse by length before decoding, so an oversized body costs nothing.
         if len(data) > 4 * ((self.max_bytes + 2) // 3):
-            raise TooLarge(
-                f"A ciphertext is larger than {self.max_bytes} bytes.", max_bytes=self.max_bytes
-            )
+            self.too_large()
         try:
             value = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise serializers.ValidationError("Not valid standard base64 with padding.") from exc
+        if len(value) > self.max_bytes:
+            self.too_large()
         if not value:
             raise serializers.ValidationError("Must not be empty.")
         return value
 
     def to_representation(self, value):
         return base64.b64encode(value).decode()
+
+    def too_large(self):
+        raise TooLarge(f"A ciphertext is larger than {self.max_bytes} bytes.", max_bytes=self.max_bytes)
 
 
 class StrictIntegerField(serializers.IntegerField):

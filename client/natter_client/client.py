@@ -1,0 +1,215 @@
+"""The high-level client: one device's REST calls plus its inbox connection."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal, Self
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import httpx
+
+from .errors import ApiError, NatterError
+from .http import NatterHttp
+from .transport import Connection, LongPollConnection, WebSocketConnection
+from .wire import Backoff, Ciphertexts, SendAck, new_client_id, send_payload
+
+
+class NatterClient:
+    """One device of one user: log in, look people up, then connect to receive and send."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout: float = 10.0,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.http = NatterHttp(base_url, token, timeout=timeout, client=http_client)
+        self.user: dict[str, Any] | None = None
+        self.device: dict[str, Any] | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Release the HTTP connection pool (open Connections are closed by their owners)."""
+        await self.http.aclose()
+
+    @property
+    def base_url(self) -> str:
+        return self.http.base_url
+
+    @property
+    def token(self) -> str | None:
+        return self.http.token
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        self.http.token = value
+
+    @property
+    def user_id(self) -> str | None:
+        return self.user["id"] if self.user else None
+
+    @property
+    def device_id(self) -> str | None:
+        return self.device["id"] if self.device else None
+
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket endpoint beside the REST base: http→ws, https→wss, + /ws/v1/."""
+        parts = urlsplit(self.base_url)
+        scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+        return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/ws/v1/", "", ""))
+
+    @property
+    def origin(self) -> str:
+        parts = urlsplit(self.base_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    # -- accounts ----------------------------------------------------------------------------
+
+    async def register(
+        self, username: str, password: str, display_name: str | None = None
+    ) -> dict[str, Any]:
+        """Create a user (no device yet; log in for that) and return its public profile."""
+        body = {
+            "username": username,
+            "password": password,
+            "display_name": display_name or username,
+        }
+        answer = await self.http.request("POST", "/api/v1/auth/register", json=body)
+        return answer["user"]
+
+    async def login(
+        self, username: str, password: str, device_name: str = "natter-client"
+    ) -> dict[str, Any]:
+        """Create a new device for this user and keep its token for every later call."""
+        body = {"username": username, "password": password, "device_name": device_name}
+        answer = await self.http.request("POST", "/api/v1/auth/login", json=body)
+        self.user, self.device, self.token = answer["user"], answer["device"], answer["token"]
+        return answer
+
+    async def logout(self) -> None:
+        """Revoke this device on the server (its inbox is dropped) and forget the token."""
+        await self.http.request("POST", "/api/v1/auth/logout")
+        self.token = None
+        self.device = None
+
+    async def me(self) -> dict[str, Any]:
+        return await self.http.request("GET", "/api/v1/me")
+
+    async def update_me(
+        self, *, display_name: str | None = None, last_seen_visibility: str | None = None
+    ) -> dict[str, Any]:
+        """Change only the fields given."""
+        body = {
+            key: value
+            for key, value in (
+                ("display_name", display_name),
+                ("last_seen_visibility", last_seen_visibility),
+            )
+            if value is not None
+        }
+        return await self.http.request("PATCH", "/api/v1/me", json=body)
+
+    async def user_by_handle(self, username: str) -> dict[str, Any]:
+        """Find a user by exact username; raises ApiError(404) if there is none."""
+        return await self.http.request("GET", "/api/v1/users", params={"handle": username})
+
+    async def devices_of(self, user_id: str) -> list[dict[str, Any]]:
+        """List a user's active devices, the set a direct message must be encrypted for."""
+        return await self.http.request("GET", f"/api/v1/users/{quote(user_id, safe='')}/devices")
+
+    # -- conversations -----------------------------------------------------------------------
+
+    async def direct_conversation(self, user_id: str) -> dict[str, Any]:
+        """Return the one direct conversation with a user, creating it the first time."""
+        body = {"user_id": user_id}
+        return await self.http.request("POST", "/api/v1/conversations/direct", json=body)
+
+    async def conversations(self) -> list[dict[str, Any]]:
+        return await self.http.request("GET", "/api/v1/conversations")
+
+    async def send(
+        self,
+        conversation: str,
+        ciphertexts: Ciphertexts,
+        *,
+        kind: str = "text",
+        envelope: str = "message",
+        group_body: bytes | None = None,
+        reply_to_seq: int | None = None,
+        client_id: str | None = None,
+        timeout: float | None = None,
+    ) -> SendAck:
+        """Send over REST without a connection, retrying network failures with one client_id."""
+        client_id = client_id or new_client_id()
+        payload = send_payload(
+            client_id=client_id,
+            conversation=conversation,
+            ciphertexts=ciphertexts,
+            kind=kind,
+            envelope=envelope,
+            group_body=group_body,
+            reply_to_seq=reply_to_seq,
+        )
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        try:
+            answer = await self.http.request_until_answered(
+                "POST", "/api/v1/messages", json=payload, deadline=deadline
+            )
+        except ApiError as exc:
+            exc.client_id = client_id
+            raise
+        return SendAck.from_wire(answer)
+
+    async def read(self, conversation: str, up_to_seq: int) -> dict[str, Any]:
+        """Move the read pointer over REST; returns {conversation, read_seq}."""
+        body = {"conversation": conversation, "up_to_seq": up_to_seq}
+        return await self.http.request("POST", "/api/v1/read", json=body)
+
+    async def ack(self, cursor: int) -> None:
+        """Acknowledge this device's inbox up to cursor over REST."""
+        await self.http.request("POST", "/api/v1/events/ack", json={"cursor": cursor})
+
+    # -- the inbox ---------------------------------------------------------------------------
+
+    def connect(
+        self,
+        transport: Literal["ws", "longpoll"] = "ws",
+        *,
+        auto_ack: bool = True,
+        ack_timeout: float = 10.0,
+        backoff: Backoff | None = None,
+        poll_timeout: float = 25.0,
+        poll_limit: int = 200,
+    ) -> Connection:
+        """Return an unstarted Connection; use `async with client.connect() as conn:`."""
+        if not self.token:
+            raise NatterError("log in (or pass a token) before connecting")
+        common: dict[str, Any] = {
+            "auto_ack": auto_ack,
+            "ack_timeout": ack_timeout,
+            "backoff": backoff,
+        }
+        if transport == "ws":
+            return WebSocketConnection(
+                self.ws_url, self.token, origin=self.origin, on_hello=self._on_hello, **common
+            )
+        if transport == "longpoll":
+            return LongPollConnection(
+                self.http, poll_timeout=poll_timeout, limit=poll_limit, **common
+            )
+        raise ValueError(f"unknown transport {transport!r}; use 'ws' or 'longpoll'")
+
+    def _on_hello(self, hello: dict[str, Any]) -> None:
+        # A client built from a bare token learns who it is from the socket's first frame.
+        for field in ("user", "device"):
+            value = hello.get(field)
+            if getattr(self, field) is None and value:
+                setattr(self, field, value if isinstance(value, dict) else {"id": value})
