@@ -88,7 +88,9 @@ class MeApi(APIView):
     def get(self, request):
         return Response(me_body(request.user))
 
-    @extend_schema(request=serializers.MeUpdateSerializer, responses={200: serializers.MeSerializer})
+    @extend_schema(
+        request=serializers.MeUpdateSerializer, responses={200: serializers.MeSerializer}
+    )
     def patch(self, request):
         data = validated(serializers.MeUpdateSerializer, request.data)
         user = services.user_update(user=request.user, **data)
@@ -98,7 +100,10 @@ class MeApi(APIView):
 class UserLookupApi(APIView):
     @extend_schema(
         parameters=[serializers.HandleQuerySerializer],
-        responses={200: serializers.UserPublicSerializer, 404: OpenApiResponse(description="`not_found`")},
+        responses={
+            200: serializers.UserPublicSerializer,
+            404: OpenApiResponse(description="`not_found`"),
+        },
         description="Look a user up by exact username. There is no listing or prefix search.",
     )
     def get(self, request):
@@ -111,7 +116,10 @@ class UserLookupApi(APIView):
 
 class UserDevicesApi(APIView):
     @extend_schema(
-        responses={200: serializers.PublicDeviceSerializer(many=True), 404: OpenApiResponse(description="`not_found`")}
+        responses={
+            200: serializers.PublicDeviceSerializer(many=True),
+            404: OpenApiResponse(description="`not_found`"),
+        }
     )
     def get(self, request, user_id: str):
         key = ids.decode(ids.USER, user_id)

@@ -57,7 +57,9 @@ class Base64Field(serializers.Field):
         return base64.b64encode(value).decode()
 
     def too_large(self):
-        raise TooLarge(f"A ciphertext is larger than {self.max_bytes} bytes.", max_bytes=self.max_bytes)
+        raise TooLarge(
+            f"A ciphertext is larger than {self.max_bytes} bytes.", max_bytes=self.max_bytes
+        )
 
 
 class StrictIntegerField(serializers.IntegerField):

@@ -35,7 +35,15 @@ class MessageAdmin(admin.ModelAdmin):
     list_filter = ("kind", "created_at")
     search_fields = ("sender_user__username",)
     list_select_related = ("sender_user", "conversation")
-    fields = ("conversation", "seq", "sender_user", "kind", "client_id", "reply_to_seq", "created_at")
+    fields = (
+        "conversation",
+        "seq",
+        "sender_user",
+        "kind",
+        "client_id",
+        "reply_to_seq",
+        "created_at",
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request):

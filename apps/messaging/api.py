@@ -27,7 +27,10 @@ class ConversationListApi(APIView):
 class ConversationDirectApi(APIView):
     @extend_schema(
         request=serializers.DirectConversationSerializer,
-        responses={200: serializers.ConversationSerializer, 201: serializers.ConversationSerializer},
+        responses={
+            200: serializers.ConversationSerializer,
+            201: serializers.ConversationSerializer,
+        },
     )
     def post(self, request):
         data = validated(serializers.DirectConversationSerializer, request.data)
@@ -67,7 +70,9 @@ class MessageSendApi(APIView):
 
 
 class EventsAckApi(APIView):
-    @extend_schema(request=serializers.CursorSerializer, responses={200: serializers.CursorSerializer})
+    @extend_schema(
+        request=serializers.CursorSerializer, responses={200: serializers.CursorSerializer}
+    )
     def post(self, request):
         data = validated(serializers.CursorSerializer, request.data)
         services.inbox_ack(device=request.auth, cursor=data["cursor"])
@@ -75,7 +80,9 @@ class EventsAckApi(APIView):
 
 
 class ReadApi(APIView):
-    @extend_schema(request=serializers.ReadSerializer, responses={200: serializers.ReadResultSerializer})
+    @extend_schema(
+        request=serializers.ReadSerializer, responses={200: serializers.ReadResultSerializer}
+    )
     def post(self, request):
         data = validated(serializers.ReadSerializer, request.data)
         read_seq = services.conversation_read(

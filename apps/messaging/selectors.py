@@ -96,4 +96,3 @@ def _describe(user: User, memberships: list[Membership]) -> list[dict]:
             }
         )
     return result
-

@@ -85,7 +85,9 @@ class EventsQuerySerializer(serializers.Serializer):
 
 class InboxItemSerializer(serializers.Serializer):
     cursor = serializers.IntegerField()
-    event = serializers.DictField(help_text="A message, receipt, group, device or prekeys_low event.")
+    event = serializers.DictField(
+        help_text="A message, receipt, group, device or prekeys_low event."
+    )
 
 
 class EventsPageSerializer(serializers.Serializer):

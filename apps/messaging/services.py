@@ -49,7 +49,9 @@ class SendResult:
 # --- Conversations -------------------------------------------------------------------
 
 
-def conversation_direct_get_or_create(*, user: User, other_user_id: int) -> tuple[Conversation, bool]:
+def conversation_direct_get_or_create(
+    *, user: User, other_user_id: int
+) -> tuple[Conversation, bool]:
     """Return the one direct conversation of two users, creating it on first use."""
     if other_user_id == user.id:
         raise BadRequest("A direct conversation needs another user.", field="user_id")
@@ -348,14 +350,18 @@ def _receipt_notify(
     if status == "delivered":
         # A range may hold expired messages too: only senders with something that
         # really arrived hear "delivered" (the expired ones were told so already).
-        messages = messages.filter(receipts__user_id=by_user_id, receipts__delivered_at__isnull=False)
+        messages = messages.filter(
+            receipts__user_id=by_user_id, receipts__delivered_at__isnull=False
+        )
     senders = set(messages.values_list("conversation_id", "sender_user_id").distinct())
     if not senders:
         return
     devices_by_user = defaultdict(list)
-    for device_id, owner in Device.objects.active().filter(
-        user_id__in={u for _, u in senders}
-    ).values_list("id", "user_id"):
+    for device_id, owner in (
+        Device.objects.active()
+        .filter(user_id__in={u for _, u in senders})
+        .values_list("id", "user_id")
+    ):
         devices_by_user[owner].append(device_id)
     stamp = _iso(at)
     rows = []
@@ -407,7 +413,10 @@ def conversation_read(*, device: Device, conversation_id: int, up_to_seq: int) -
             read_at__isnull=True,
         ).update(read_at=now, delivered_at=Coalesce("delivered_at", now))
         _receipt_notify(
-            status="read", by_user_id=user_id, ranges={conversation_id: (old_read, new_read)}, at=now
+            status="read",
+            by_user_id=user_id,
+            ranges={conversation_id: (old_read, new_read)},
+            at=now,
         )
     return new_read
 
@@ -460,7 +469,10 @@ def inbox_expire(*, now: datetime | None = None, batch_size: int = 1000) -> dict
                     message__created_at__lt=cutoff,
                 )
                 .values_list(
-                    "id", "user_id", "message__conversation_id", "message__seq",
+                    "id",
+                    "user_id",
+                    "message__conversation_id",
+                    "message__seq",
                     "message__sender_user_id",
                 )[:batch_size]
             )
@@ -477,9 +489,11 @@ def _expired_notify(batch, *, at: datetime) -> None:
     for _, user_id, cid, seq, sender_id in batch:
         seqs[(cid, sender_id, user_id)].append(seq)
     devices_by_user = defaultdict(list)
-    for device_id, owner in Device.objects.active().filter(
-        user_id__in={k[1] for k in seqs}
-    ).values_list("id", "user_id"):
+    for device_id, owner in (
+        Device.objects.active()
+        .filter(user_id__in={k[1] for k in seqs})
+        .values_list("id", "user_id")
+    ):
         devices_by_user[owner].append(device_id)
     stamp = _iso(at)
     rows = []
@@ -501,7 +515,7 @@ def _expired_notify(batch, *, at: datetime) -> None:
     _inbox_append(rows)
     # An expired message no longer holds back the delivered watermark of its member.
     by_user = defaultdict(set)
-    for (cid, _, user_id) in seqs:
+    for cid, _, user_id in seqs:
         by_user[user_id].add(cid)
     for user_id, conversation_ids in by_user.items():
         _advance_delivered(user_id=user_id, conversation_ids=conversation_ids, at=at)

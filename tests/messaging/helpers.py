@@ -10,7 +10,9 @@ def send(device, conversation, devices, body: bytes = b"ciphertext", client_id=N
         conversation_id=conversation.id,
         client_id=client_id or uuid.uuid4(),
         kind="text",
-        ciphertexts=[services.Ciphertext(d.id, "message", body + b"/" + str(d.id).encode()) for d in devices],
+        ciphertexts=[
+            services.Ciphertext(d.id, "message", body + b"/" + str(d.id).encode()) for d in devices
+        ],
         **kw,
     )
 

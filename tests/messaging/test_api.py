@@ -22,15 +22,27 @@ def client_for(token=None) -> APIClient:
 
 def signup(name: str, device: str = "laptop") -> dict:
     anon = client_for()
-    r = anon.post("/api/v1/auth/register", {"username": name, "password": PASSWORD, "display_name": name.title()}, format="json")
+    r = anon.post(
+        "/api/v1/auth/register",
+        {"username": name, "password": PASSWORD, "display_name": name.title()},
+        format="json",
+    )
     assert r.status_code == 201, r.content
-    r = anon.post("/api/v1/auth/login", {"username": name, "password": PASSWORD, "device_name": device}, format="json")
+    r = anon.post(
+        "/api/v1/auth/login",
+        {"username": name, "password": PASSWORD, "device_name": device},
+        format="json",
+    )
     assert r.status_code == 201, r.content
     return r.json()
 
 
 def login(name: str, device: str) -> dict:
-    r = client_for().post("/api/v1/auth/login", {"username": name, "password": PASSWORD, "device_name": device}, format="json")
+    r = client_for().post(
+        "/api/v1/auth/login",
+        {"username": name, "password": PASSWORD, "device_name": device},
+        format="json",
+    )
     assert r.status_code == 201
     return r.json()
 
@@ -75,19 +87,25 @@ def test_each_login_is_a_new_device_with_its_own_token():
 
 def test_a_taken_username_is_a_conflict_whatever_its_case():
     signup("erin")
-    r = client_for().post("/api/v1/auth/register", {"username": "ERIN", "password": PASSWORD}, format="json")
+    r = client_for().post(
+        "/api/v1/auth/register", {"username": "ERIN", "password": PASSWORD}, format="json"
+    )
     assert r.status_code == 409 and r.json()["error"]["code"] == "conflict"
 
 
 def test_wrong_password_is_401_with_the_error_shape():
     signup("frank")
-    r = client_for().post("/api/v1/auth/login", {"username": "frank", "password": "nope"}, format="json")
+    r = client_for().post(
+        "/api/v1/auth/login", {"username": "frank", "password": "nope"}, format="json"
+    )
     assert r.status_code == 401
     assert r.json()["error"]["code"] == "unauthorized"
 
 
 def test_weak_password_is_refused_with_bad_request():
-    r = client_for().post("/api/v1/auth/register", {"username": "gina", "password": "123"}, format="json")
+    r = client_for().post(
+        "/api/v1/auth/register", {"username": "gina", "password": "123"}, format="json"
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
 
 
@@ -115,7 +133,9 @@ def test_user_lookup_is_by_exact_handle_only():
 def test_patch_me_changes_display_name_and_visibility():
     body = signup("jack")
     c = client_for(body["token"])
-    r = c.patch("/api/v1/me", {"display_name": "Jack R.", "last_seen_visibility": "nobody"}, format="json")
+    r = c.patch(
+        "/api/v1/me", {"display_name": "Jack R.", "last_seen_visibility": "nobody"}, format="json"
+    )
     assert r.json()["display_name"] == "Jack R." and r.json()["last_seen_visibility"] == "nobody"
     r = c.patch("/api/v1/me", {"last_seen_visibility": "martians"}, format="json")
     assert r.status_code == 400
@@ -160,14 +180,22 @@ def test_bad_input_gets_documented_codes_never_a_500(pair, settings):
         ({**message(conversation, [bob["device"]["id"]]), "conversation": 5}, 400, "bad_request"),
     ]
     for payload, status, code in cases:
-        r = a.post("/api/v1/messages", payload, format="json" if isinstance(payload, dict) else None,
-                   content_type=None if isinstance(payload, dict) else "application/json")
+        r = a.post(
+            "/api/v1/messages",
+            payload,
+            format="json" if isinstance(payload, dict) else None,
+            content_type=None if isinstance(payload, dict) else "application/json",
+        )
         assert r.status_code == status, (payload, r.content)
         assert r.json()["error"]["code"] == code
     bad_b64 = message(conversation, [bob["device"]["id"]])
     bad_b64["ciphertexts"][0]["body"] = "***"
     assert a.post("/api/v1/messages", bad_b64, format="json").status_code == 400
-    huge = message(conversation, [bob["device"]["id"]], body=b"x" * (settings.NATTER["CIPHERTEXT_MAX_BYTES"] + 1))
+    huge = message(
+        conversation,
+        [bob["device"]["id"]],
+        body=b"x" * (settings.NATTER["CIPHERTEXT_MAX_BYTES"] + 1),
+    )
     r = a.post("/api/v1/messages", huge, format="json")
     assert r.status_code == 413
     assert r.json()["error"]["max_bytes"] == settings.NATTER["CIPHERTEXT_MAX_BYTES"]
@@ -177,7 +205,10 @@ def test_bad_input_gets_documented_codes_never_a_500(pair, settings):
 def test_send_rate_limit_is_429_with_retry_after(pair, settings):
     settings.NATTER = {**settings.NATTER, "SEND_RATE": 3}
     alice, bob, a, b, conversation = pair
-    statuses = [a.post("/api/v1/messages", message(conversation, [bob["device"]["id"]]), format="json") for _ in range(4)]
+    statuses = [
+        a.post("/api/v1/messages", message(conversation, [bob["device"]["id"]]), format="json")
+        for _ in range(4)
+    ]
     assert [r.status_code for r in statuses] == [201, 201, 201, 429]
     assert int(statuses[-1]["Retry-After"]) >= 1
     assert statuses[-1].json()["error"]["retry_after"] >= 1
@@ -200,9 +231,14 @@ def test_events_page_acks_by_cursor_and_drains_page_by_page(pair):
         a.post("/api/v1/messages", message(conversation, [bob["device"]["id"]]), format="json")
     page = b.get("/api/v1/events", {"cursor": 0, "limit": 2, "timeout": 0}).json()
     assert [e["event"]["seq"] for e in page["events"]] == [1, 2] and page["has_more"]
-    page = b.get("/api/v1/events", {"cursor": page["next_cursor"], "limit": 10, "timeout": 0}).json()
+    page = b.get(
+        "/api/v1/events", {"cursor": page["next_cursor"], "limit": 10, "timeout": 0}
+    ).json()
     assert [e["event"]["seq"] for e in page["events"]] == [3, 4, 5] and not page["has_more"]
-    assert b.post("/api/v1/events/ack", {"cursor": page["next_cursor"]}, format="json").status_code == 200
+    assert (
+        b.post("/api/v1/events/ack", {"cursor": page["next_cursor"]}, format="json").status_code
+        == 200
+    )
     assert InboxEntry.objects.filter(device__user__username="bob").count() == 0
     assert b.get("/api/v1/events", {"timeout": 99}).status_code == 400
 
@@ -211,6 +247,13 @@ def test_openapi_schema_lists_every_endpoint():
     r = client_for().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
     assert r.status_code == 200
     paths = r.json()["paths"] if r["Content-Type"].endswith("json") else r.content.decode()
-    for path in ["/api/v1/messages", "/api/v1/events", "/api/v1/events/ack", "/api/v1/read",
-                 "/api/v1/auth/login", "/api/v1/conversations", "/api/v1/users/{user_id}/devices"]:
+    for path in [
+        "/api/v1/messages",
+        "/api/v1/events",
+        "/api/v1/events/ack",
+        "/api/v1/read",
+        "/api/v1/auth/login",
+        "/api/v1/conversations",
+        "/api/v1/users/{user_id}/devices",
+    ]:
         assert path in paths

@@ -121,7 +121,9 @@ async def test_backlog_is_pushed_in_order_in_windows_then_drained(people, settin
                 drained_after = len(seqs)
             else:
                 seqs.append(frame["event"]["seq"])
-        await ws.send_json_to({"type": "ack", "cursor": window[-1 if window[-1]["type"] == "event" else -2]["cursor"]})
+        await ws.send_json_to(
+            {"type": "ack", "cursor": window[-1 if window[-1]["type"] == "event" else -2]["cursor"]}
+        )
     assert seqs == list(range(1, 26)) and drained_after == 25
     await ws.disconnect()
 
@@ -134,7 +136,10 @@ async def test_a_bad_frame_gets_an_error_and_the_socket_stays_open(people):
     assert (await ws.receive_json_from())["code"] == "bad_request"
     await ws.send_json_to({"type": "warp", "id": 7})
     assert await ws.receive_json_from() == {
-        "type": "error", "ref": 7, "code": "unknown_type", "message": "Unknown frame type 'warp'."
+        "type": "error",
+        "ref": 7,
+        "code": "unknown_type",
+        "message": "Unknown frame type 'warp'.",
     }
     await ws.send_json_to({**send_frame(conversation, b1), "client_id": "nope"})
     error = await ws.receive_json_from()
@@ -233,6 +238,8 @@ async def test_read_frame_moves_the_pointer(people):
     await database_sync_to_async(send)(a1, conversation, [b1])
     ws, _ = await connected(b1)
     await frames_until(ws, "drained")
-    await ws.send_json_to({"type": "read", "id": "r", "conversation": conversation.public_id, "up_to_seq": 1})
+    await ws.send_json_to(
+        {"type": "read", "id": "r", "conversation": conversation.public_id, "up_to_seq": 1}
+    )
     assert (await frames_until(ws, "ok"))[-1] == {"type": "ok", "ref": "r", "read_seq": 1}
     await ws.disconnect()

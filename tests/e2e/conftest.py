@@ -1,0 +1,132 @@
+"""A live Natter: daphne and a Celery worker as subprocesses on the test database."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _database_url() -> str:
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        pytest.skip("end-to-end tests need Postgres (DATABASE_URL)")
+    user = db.get("USER") or "postgres"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+class LiveServer:
+    def __init__(self, url: str, env: dict, processes: dict[str, subprocess.Popen], logs: Path):
+        self.url, self.env, self.processes, self.logs = url, env, processes, logs
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def natter_server(django_db_setup, django_db_blocker, tmp_path_factory):
+    if not os.environ.get("REDIS_URL"):
+        pytest.skip("end-to-end tests need Redis (REDIS_URL)")
+    port = _free_port()
+    logs = tmp_path_factory.mktemp("live")
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "HEARTBEAT_S": "2",
+        "DB_POOL_MAX": "10",
+        "PYTHONUNBUFFERED": "1",
+    }
+    commands = {
+        "daphne": [
+            str(BIN / "daphne"),
+            "-e",
+            f"tcp:port={port}:interface=127.0.0.1:backlog=2048",
+            "--websocket_timeout",
+            "-1",
+            "config.asgi:application",
+        ],
+        "worker": [
+            str(BIN / "celery"),
+            "-A",
+            "config",
+            "worker",
+            "-l",
+            "info",
+            "--pool",
+            "solo",
+            "-n",
+            f"e2e-{uuid.uuid4().hex[:6]}@%h",
+        ],
+    }
+    processes = {
+        name: subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=(logs / f"{name}.log").open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for name, cmd in commands.items()
+    }
+    server = LiveServer(f"http://127.0.0.1:{port}", env, processes, logs)
+    try:
+        _wait_until_ready(server)
+        yield server
+    finally:
+        for p in processes.values():
+            p.terminate()
+        for p in processes.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _wait_until_ready(server: LiveServer) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for name, p in server.processes.items():
+            if p.poll() is not None:
+                raise RuntimeError(f"{name} exited early:\n{server.log(name)}")
+        try:
+            if httpx.get(server.url + "/", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    else:
+        raise RuntimeError(f"daphne did not answer:\n{server.log('daphne')}")
+    while time.monotonic() < deadline:
+        if "ready." in server.log("worker"):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the Celery worker did not start:\n{server.log('worker')}")
+
+
+@pytest.fixture(autouse=True)
+def _database_access(django_db_blocker):
+    """Let end-to-end tests read the database the live server writes.
+
+    No per-test flush: a TRUNCATE racing the live server's own queries can
+    deadlock, and every test makes its own users and conversations anyway.
+    """
+    with django_db_blocker.unblock():
+        yield
