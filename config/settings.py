@@ -114,7 +114,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "db.sqlite3",
+            "NAME": os.environ.get("SQLITE_PATH") or VAR_DIR / "db.sqlite3",
             # WAL plus IMMEDIATE transactions and a busy timeout: concurrent
             # writers queue instead of failing with "database is locked".
             "OPTIONS": {
