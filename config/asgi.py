@@ -15,6 +15,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import CookieMiddleware, SessionMiddleware  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from apps.common.asgi import BodySizeLimit  # noqa: E402
 from apps.messaging.consumers import InboxConsumer  # noqa: E402
 from apps.messaging.longpoll import EventsLongPollConsumer  # noqa: E402
 
@@ -25,11 +26,13 @@ def session_stack(inner):
 
 application = ProtocolTypeRouter(
     {
-        "http": URLRouter(
-            [
-                re_path(r"^api/v1/events/?$", session_stack(EventsLongPollConsumer.as_asgi())),
-                re_path(r"", django_asgi_app),
-            ]
+        "http": BodySizeLimit(
+            URLRouter(
+                [
+                    re_path(r"^api/v1/events/?$", session_stack(EventsLongPollConsumer.as_asgi())),
+                    re_path(r"", django_asgi_app),
+                ]
+            )
         ),
         # Origin is checked by the consumer, only for cookie-authenticated sockets:
         # a bearer token cannot be replayed by a foreign page, a session cookie can.

@@ -168,6 +168,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.messaging.tasks.inbox_expire_task",
         "schedule": timedelta(minutes=env_int("INBOX_EXPIRE_EVERY_MINUTES", 60)),
     },
+    "sessions-clear": {
+        "task": "apps.accounts.tasks.sessions_clear_task",
+        "schedule": timedelta(hours=24),
+    },
 }
 
 # --- Auth, sessions --------------------------------------------------------------
@@ -227,6 +231,9 @@ NATTER = {
     "ABUSE_ERRORS": env_int("SOCKET_ABUSE_ERRORS", 30),
     "ABUSE_WINDOW_S": 10,
 }
+
+# A REST body is held to the WebSocket's frame limit; larger ones get 413 too_large.
+DATA_UPLOAD_MAX_MEMORY_SIZE = NATTER["FRAME_MAX_BYTES"]
 
 LOGGING = {
     "version": 1,

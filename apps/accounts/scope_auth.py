@@ -28,7 +28,12 @@ def origin_allowed(scope) -> bool:
     if not origin:
         return False
     host = urlparse(origin).hostname
-    return bool(host) and validate_host(host, settings.ALLOWED_HOSTS)
+    if not host:
+        return False
+    # ALLOWED_HOSTS writes IPv6 literals in brackets, as Host headers carry them.
+    if ":" in host:
+        host = f"[{host}]"
+    return validate_host(host, settings.ALLOWED_HOSTS)
 
 
 async def device_for_scope(scope, *, websocket: bool) -> Device | None:

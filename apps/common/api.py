@@ -2,12 +2,13 @@
 
 import logging
 
-from django.db import DatabaseError, OperationalError
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
-from apps.common.errors import NatterError, Unavailable
+from apps.common.errors import OUTAGES, NatterError, TooLarge, Unavailable
 
 logger = logging.getLogger("natter.api")
 
@@ -41,9 +42,15 @@ def exception_handler(exc, context):
         return error_response(exc)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
-    if isinstance(exc, OperationalError | DatabaseError) and _is_unavailable(exc):
-        logger.warning("database unavailable: %s", exc)
+    if isinstance(exc, OUTAGES):
+        logger.warning("backing service unavailable: %s", exc)
         return error_response(Unavailable())
+    if isinstance(exc, RequestDataTooBig):
+        return error_response(
+            TooLarge(
+                "The request body is too large.", max_bytes=settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+            )
+        )
     if isinstance(exc, exceptions.APIException):
         code, status_code = next(
             (v for k, v in _DRF_CODES.items() if isinstance(exc, k)),
@@ -66,10 +73,3 @@ def _message(exc: exceptions.APIException) -> str:
         return "Some fields are not valid."
     detail = exc.detail
     return str(detail) if not isinstance(detail, dict | list) else "The request is not valid."
-
-
-def _is_unavailable(exc: Exception) -> bool:
-    # Connection-level failures (server down, pool exhausted) are retryable; a
-    # constraint violation or a bug is not and must surface as one.
-    text = str(exc).lower()
-    return isinstance(exc, OperationalError) or "connection" in text or "timeout" in text

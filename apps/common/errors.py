@@ -4,6 +4,14 @@ Services raise them; the WebSocket consumer turns them into `error` frames and
 the REST layer into `{"error": {...}}` bodies with the status given here.
 """
 
+from django.db import InterfaceError, OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# Failures of a backing service (Postgres, Redis), not of the request: answered
+# with the retryable `unavailable`, never a 500.
+OUTAGES = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError)
+
 
 class NatterError(Exception):
     code = "bad_request"
@@ -52,6 +60,12 @@ class NotMember(NatterError):
     code = "not_member"
     status = 404
     message = "No such conversation, or you are not a member of it."
+
+
+class MethodNotAllowed(NatterError):
+    code = "method_not_allowed"
+    status = 405
+    message = "This method is not allowed here."
 
 
 class Conflict(NatterError):

@@ -75,8 +75,8 @@ class EventsAckApi(APIView):
     )
     def post(self, request):
         data = validated(serializers.CursorSerializer, request.data)
-        services.inbox_ack(device=request.auth, cursor=data["cursor"])
-        return Response({"cursor": data["cursor"]})
+        acked = services.inbox_ack_handed_out(device=request.auth, cursor=data["cursor"])
+        return Response({"cursor": acked})
 
 
 class ReadApi(APIView):

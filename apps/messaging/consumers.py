@@ -8,11 +8,10 @@ from datetime import UTC, datetime
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.db import DatabaseError
 
 from apps.accounts.scope_auth import device_for_scope
 from apps.common import jsonutil
-from apps.common.errors import BadRequest, NatterError, TooLarge, Unavailable, UnknownType
+from apps.common.errors import OUTAGES, BadRequest, NatterError, TooLarge, Unavailable, UnknownType
 from apps.common.validation import validated
 from apps.messaging import selectors, serializers, services
 from apps.messaging.events import device_group
@@ -74,7 +73,7 @@ class InboxConsumer(AsyncWebsocketConsumer):
         try:
             if text_data is None:
                 raise BadRequest("Frames must be JSON text.")
-            if len(text_data) > settings.NATTER["FRAME_MAX_BYTES"]:
+            if _utf8_length(text_data) > settings.NATTER["FRAME_MAX_BYTES"]:
                 raise TooLarge(
                     "The frame is too large.", max_bytes=settings.NATTER["FRAME_MAX_BYTES"]
                 )
@@ -94,8 +93,8 @@ class InboxConsumer(AsyncWebsocketConsumer):
             await handler(self, frame, ref)
         except NatterError as error:
             await self.send_error(error, ref)
-        except DatabaseError:
-            logger.exception("database error on a frame")
+        except OUTAGES:
+            logger.exception("backing service error on a frame")
             await self.send_error(Unavailable(), ref)
 
     async def on_send(self, frame, ref):
@@ -193,3 +192,10 @@ def _valid_ref(ref) -> bool:
     if isinstance(ref, int):
         return -(2**63) <= ref < 2**63
     return isinstance(ref, str) and len(ref) <= 64
+
+
+def _utf8_length(text: str) -> int:
+    # A character is at most 4 bytes: only frames near the limit pay for encoding.
+    if len(text) * 4 <= settings.NATTER["FRAME_MAX_BYTES"]:
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))

@@ -12,13 +12,12 @@ from urllib.parse import parse_qsl
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
-from django.db import DatabaseError
 
 from apps.accounts.scope_auth import device_for_scope
 from apps.common import jsonutil
-from apps.common.errors import BadRequest, NatterError, Unauthorized, Unavailable
+from apps.common.errors import OUTAGES, MethodNotAllowed, NatterError, Unauthorized, Unavailable
 from apps.common.validation import validated
-from apps.messaging import selectors, serializers, services
+from apps.messaging import serializers, services
 from apps.messaging.events import device_group
 
 
@@ -31,26 +30,27 @@ class EventsLongPollConsumer(AsyncHttpConsumer):
             return
         try:
             if self.scope["method"] != "GET":
-                await self.respond_error(BadRequest("Use GET."), status=405)
-            query = dict(parse_qsl(self.scope.get("query_string", b"").decode("latin-1")))
-            params = validated(serializers.EventsQuerySerializer, query)
+                await self.respond_error(MethodNotAllowed())
             self.device = await device_for_scope(self.scope, websocket=False)
             if self.device is None:
                 raise Unauthorized()
-            self.cursor, self.limit = params["cursor"], params["limit"]
+            query = dict(parse_qsl(self.scope.get("query_string", b"").decode("latin-1")))
+            params = validated(serializers.EventsQuerySerializer, query)
+            self.limit = params["limit"]
             # Join before reading, so a ring between the read and the join is not missed.
             self.group = device_group(self.device.id)
             await self.channel_layer.group_add(self.group, self.channel_name)
             page = await database_sync_to_async(services.inbox_poll)(
-                device=self.device, cursor=self.cursor, limit=self.limit
+                device=self.device, cursor=params["cursor"], limit=self.limit
             )
+            self.cursor = page["next_cursor"]
             if page["events"] or params["timeout"] == 0:
                 await self.finish(page)
             loop = asyncio.get_running_loop()
             self.timer = loop.call_later(params["timeout"], self._timed_out)
         except NatterError as error:
             await self.respond_error(error)
-        except DatabaseError:
+        except OUTAGES:
             await self.respond_error(Unavailable())
 
     def _timed_out(self):
@@ -60,22 +60,13 @@ class EventsLongPollConsumer(AsyncHttpConsumer):
 
     async def inbox_ring(self, message):
         try:
-            page = await database_sync_to_async(selectors.inbox_after)(
-                device_id=self.device.id, after_cursor=self.cursor, limit=self.limit + 1
+            page = await database_sync_to_async(services.inbox_page)(
+                device=self.device, after_cursor=self.cursor, limit=self.limit
             )
-        except DatabaseError:
+        except OUTAGES:
             await self.respond_error(Unavailable())
-        if page:
-            has_more = len(page) > self.limit
-            page = page[: self.limit]
-            await self.finish(
-                {
-                    "events": page,
-                    "next_cursor": page[-1]["cursor"],
-                    "ephemeral": [],
-                    "has_more": has_more,
-                }
-            )
+        if page["events"]:
+            await self.finish(page)
 
     async def poll_timeout(self, message):
         await self.finish(
@@ -89,21 +80,24 @@ class EventsLongPollConsumer(AsyncHttpConsumer):
         """A WebSocket of the same device opened; a long-poll is not affected."""
 
     async def finish(self, body: dict):
-        await self.send_response(
-            200, jsonutil.dumpb(body), headers=[(b"content-type", b"application/json")]
-        )
-        await self.leave()
-        raise StopConsumer()
+        await self.send_json(200, body, [])
 
     async def respond_error(self, error: NatterError, status: int | None = None):
-        headers = [(b"content-type", b"application/json")]
+        headers = []
         if "retry_after" in error.extra:
             headers.append((b"retry-after", str(error.extra["retry_after"]).encode()))
         if error.status == 401:
             headers.append((b"www-authenticate", b'Bearer realm="api"'))
-        await self.send_response(
-            status or error.status, jsonutil.dumpb({"error": error.as_dict()}), headers=headers
-        )
+        await self.send_json(status or error.status, {"error": error.as_dict()}, headers)
+
+    async def send_json(self, status: int, body: dict, headers: list):
+        data = jsonutil.dumpb(body)
+        headers += [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(data)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        await self.send_response(status, data, headers=headers)
         await self.leave()
         raise StopConsumer()
 

@@ -19,6 +19,8 @@ class Conversation(models.Model):
     # transaction, so seqs are gapless: a rolled-back send rolls its seq back too.
     last_seq = models.BigIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Set with last_seq: the chat list shows the most recently active chats first.
+    last_activity_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     def __str__(self):
         return f"{self.kind} {self.public_id}"

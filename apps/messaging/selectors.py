@@ -54,7 +54,7 @@ def conversation_list(*, user: User) -> list[dict]:
     memberships = list(
         Membership.objects.filter(user=user)
         .select_related("conversation")
-        .order_by("-conversation__last_seq", "conversation_id")
+        .order_by("-conversation__last_activity_at", "conversation_id")
     )
     return _describe(user, memberships)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Min, Q
 from django.db.models.functions import Coalesce
@@ -188,9 +189,9 @@ def _next_seq(conversation_id: int) -> int:
     # each gets the next seq, and a rollback returns its seq.
     with connection.cursor() as cur:
         cur.execute(
-            "UPDATE messaging_conversation SET last_seq = last_seq + 1 WHERE id = %s "
-            "RETURNING last_seq",
-            [conversation_id],
+            "UPDATE messaging_conversation SET last_seq = last_seq + 1, last_activity_at = %s "
+            "WHERE id = %s RETURNING last_seq",
+            [timezone.now(), conversation_id],
         )
         row = cur.fetchone()
     if row is None:
@@ -411,6 +412,7 @@ def conversation_read(*, device: Device, conversation_id: int, up_to_seq: int) -
             message__seq__gt=old_read,
             message__seq__lte=new_read,
             read_at__isnull=True,
+            expired_at__isnull=True,
         ).update(read_at=now, delivered_at=Coalesce("delivered_at", now))
         _receipt_notify(
             status="read",
@@ -481,7 +483,23 @@ def inbox_expire(*, now: datetime | None = None, batch_size: int = 1000) -> dict
             Receipt.objects.filter(id__in=[b[0] for b in batch]).update(expired_at=now)
             receipts_expired += len(batch)
             _expired_notify(batch, at=now)
-    return {"inbox_rows_deleted": rows_deleted, "receipts_expired": receipts_expired}
+    # The metadata (seq, sender, client_id, receipts) served de-duplication and
+    # receipts while the message could still arrive; past retention it goes too.
+    messages_deleted = 0
+    while True:
+        old = list(
+            Message.objects.filter(created_at__lt=cutoff).values_list("id", flat=True)[:batch_size]
+        )
+        if not old:
+            break
+        with transaction.atomic():
+            Receipt.objects.filter(message_id__in=old).delete()
+            messages_deleted += Message.objects.filter(id__in=old).delete()[0]
+    return {
+        "inbox_rows_deleted": rows_deleted,
+        "receipts_expired": receipts_expired,
+        "messages_deleted": messages_deleted,
+    }
 
 
 def _expired_notify(batch, *, at: datetime) -> None:
@@ -529,17 +547,42 @@ def _iso(at: datetime) -> str:
 
 
 def inbox_poll(*, device: Device, cursor: int, limit: int) -> dict:
-    """Ack everything up to `cursor` and return the next page of the device's inbox."""
-    from apps.messaging.selectors import inbox_after
+    """Ack everything up to `cursor` and return the next page of the device's inbox.
 
+    The ack is capped at the last cursor a page ever handed this device, so a
+    client that names a cursor it has not seen yet deletes nothing unseen.
+    """
+    cursor = min(cursor, _handed_out(device.id))
     if cursor > 0:
         inbox_ack(device=device, cursor=cursor)
-    page = inbox_after(device_id=device.id, after_cursor=cursor, limit=limit + 1)
+    return inbox_page(device=device, after_cursor=cursor, limit=limit)
+
+
+def inbox_ack_handed_out(*, device: Device, cursor: int) -> int:
+    """`POST /events/ack`: ack up to `cursor`, capped like the long-poll's ack."""
+    return inbox_ack(device=device, cursor=min(cursor, _handed_out(device.id)))
+
+
+def inbox_page(*, device: Device, after_cursor: int, limit: int) -> dict:
+    """Read the next page of a long-poll and remember how far it handed events out."""
+    from apps.messaging.selectors import inbox_after
+
+    page = inbox_after(device_id=device.id, after_cursor=after_cursor, limit=limit + 1)
     has_more = len(page) > limit
     page = page[:limit]
-    return {
-        "events": page,
-        "next_cursor": page[-1]["cursor"] if page else cursor,
-        "ephemeral": [],
-        "has_more": has_more,
-    }
+    next_cursor = page[-1]["cursor"] if page else after_cursor
+    if page:
+        key = _handed_out_key(device.id)
+        # Not atomic, and need not be: a lost race leaves a lower cap, which only
+        # means an event is pushed again (at-least-once), never one deleted unseen.
+        if next_cursor > (cache.get(key) or 0):
+            cache.set(key, next_cursor, timeout=86400 * settings.NATTER["RETENTION_DAYS"])
+    return {"events": page, "next_cursor": next_cursor, "ephemeral": [], "has_more": has_more}
+
+
+def _handed_out_key(device_id: int) -> str:
+    return f"inbox:handed_out:{device_id}"
+
+
+def _handed_out(device_id: int) -> int:
+    return cache.get(_handed_out_key(device_id)) or 0

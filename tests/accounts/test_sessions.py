@@ -80,6 +80,12 @@ async def test_websocket_accepts_the_session_cookie_from_our_origin_only(people)
     hello = await ours.receive_json_from()
     assert hello["type"] == "hello" and hello["device"] == body["device"]["id"]
     await ours.disconnect()
+    ipv6 = WebsocketCommunicator(
+        application, "/ws/v1/", headers=[(b"origin", b"http://[::1]:8000"), (b"cookie", cookie)]
+    )
+    assert (await ipv6.connect())[0]
+    assert (await ipv6.receive_json_from())["type"] == "hello"
+    await ipv6.disconnect()
     foreign = WebsocketCommunicator(
         application, "/ws/v1/", headers=[(b"origin", b"https://evil.example"), (b"cookie", cookie)]
     )

@@ -257,3 +257,30 @@ def test_openapi_schema_lists_every_endpoint():
         "/api/v1/users/{user_id}/devices",
     ]:
         assert path in paths
+
+
+def test_an_ack_beyond_what_was_handed_out_deletes_nothing_unseen(pair):
+    alice, bob, a, b, conversation = pair
+    a.post("/api/v1/messages", message(conversation, [bob["device"]["id"]]), format="json")
+    # Bob names a cursor far ahead of anything he was given: nothing is deleted.
+    page = b.get("/api/v1/events", {"cursor": 99, "timeout": 0}).json()
+    assert [e["event"]["seq"] for e in page["events"]] == [1]
+    assert b.post("/api/v1/events/ack", {"cursor": 500}, format="json").json() == {
+        "cursor": page["next_cursor"]
+    }
+    a.post("/api/v1/messages", message(conversation, [bob["device"]["id"]]), format="json")
+    assert b.post("/api/v1/events/ack", {"cursor": 500}, format="json").status_code == 200
+    page = b.get("/api/v1/events", {"cursor": 0, "timeout": 0}).json()
+    assert [e["event"]["seq"] for e in page["events"]] == [2]
+
+
+def test_a_redis_outage_is_503_unavailable_not_a_500(settings):
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+        }
+    }
+    r = client_for().post("/api/v1/auth/login", {"username": "x", "password": "y"}, format="json")
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "unavailable" and r["Retry-After"]

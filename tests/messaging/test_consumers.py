@@ -172,6 +172,16 @@ async def test_oversized_frame_is_refused_with_too_large(people):
     await ws.disconnect()
 
 
+async def test_frame_size_is_counted_in_utf8_bytes_not_characters(people):
+    alice, bob, a1, b1, conversation = await make_chat(people)
+    ws, _ = await connected(a1)
+    await frames_until(ws, "drained")
+    # 100,000 characters, 300,000 bytes: over the 256 KiB limit.
+    await ws.send_json_to({"type": "ping", "pad": "€" * 100_000})
+    assert (await ws.receive_json_from())["code"] == "too_large"
+    await ws.disconnect()
+
+
 async def test_repeated_abuse_closes_the_socket_with_4429(people, settings):
     settings.NATTER = {**settings.NATTER, "ABUSE_ERRORS": 5}
     alice, bob, a1, b1, conversation = await make_chat(people)

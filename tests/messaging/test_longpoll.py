@@ -84,9 +84,34 @@ async def test_bad_queries_get_documented_errors(people, query, status, code):
     assert json.loads(response["body"])["error"]["code"] == code
 
 
-async def test_no_token_is_401_and_post_is_405(people):
+async def test_no_token_is_401():
     response = await poll(None, "timeout=0").get_response(timeout=5)
     assert response["status"] == 401
+
+
+async def test_credentials_are_checked_before_the_query():
+    response = await poll(None, "timeout=99").get_response(timeout=5)
+    assert response["status"] == 401
+
+
+async def test_post_is_method_not_allowed(people):
     a1, b1, conversation = await make_chat(people)
     response = await poll(b1.token, "", method="POST").get_response(timeout=5)
     assert response["status"] == 405
+    assert json.loads(response["body"])["error"]["code"] == "method_not_allowed"
+
+
+async def test_an_api_body_over_the_limit_is_413_too_large_before_django_reads_it(settings):
+    from django.conf import settings as live
+
+    communicator = HttpCommunicator(
+        application,
+        "POST",
+        "/api/v1/messages",
+        body=b"x" * 10,
+        headers=[(b"content-length", str(live.DATA_UPLOAD_MAX_MEMORY_SIZE + 1).encode())],
+    )
+    response = await communicator.get_response(timeout=5)
+    assert response["status"] == 413
+    error = json.loads(response["body"])["error"]
+    assert error["code"] == "too_large" and error["max_bytes"] == live.DATA_UPLOAD_MAX_MEMORY_SIZE

@@ -154,8 +154,20 @@ def test_expiry_drops_old_rows_and_tells_the_sender_what_never_arrived(chat, set
     (receipt,) = events_of(a1, "receipt")
     assert receipt["status"] == "expired" and receipt["seqs"] == [1, 2]
     assert receipt["by_user"] == bob.public_id
-    # Running it again finds nothing more to say.
+    # Past retention the metadata goes too; running again finds nothing more to say.
+    assert result["messages_deleted"] == 2 and not Message.objects.exists()
+    assert not Receipt.objects.exists()
     assert services.inbox_expire(now=later)["receipts_expired"] == 0
+
+
+def test_reading_past_an_expired_message_leaves_it_expired(chat):
+    alice, bob, a1, a2, b1, b2, conversation = chat
+    send(a1, conversation, [a2, b1, b2])
+    Receipt.objects.update(expired_at=timezone.now())  # seq 1 never arrived
+    send(a1, conversation, [a2, b1, b2])
+    services.conversation_read(device=b1, conversation_id=conversation.id, up_to_seq=2)
+    states = dict(Receipt.objects.values_list("message__seq", "read_at"))
+    assert states[1] is None and states[2] is not None
 
 
 def test_cursors_strictly_increase_per_device(chat):

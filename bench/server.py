@@ -1,0 +1,103 @@
+"""Start a Natter server for a benchmark: daphne on Postgres and Redis, in its own database."""
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_env(database: str = "natter_bench") -> dict:
+    """Environment of a benchmark server: a database of its own on the same Postgres."""
+    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/natter")
+    redis = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/1")
+    parsed = urlparse(base)
+    url = parsed._replace(path=f"/{database}").geturl()
+    subprocess.run(
+        [
+            "createdb",
+            "-h",
+            parsed.hostname or "127.0.0.1",
+            "-p",
+            str(parsed.port or 5432),
+            "-U",
+            parsed.username or "postgres",
+            database,
+        ],
+        capture_output=True,
+    )
+    return {
+        **os.environ,
+        "DATABASE_URL": url,
+        "REDIS_URL": redis,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "NATTER_FAST_PASSWORD_HASHER": "1",
+        # Benchmarks measure the server, not the abuse limits.
+        "SEND_RATE_PER_MINUTE": "1000000",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@contextlib.contextmanager
+def daphne(env: dict, log_path: Path):
+    """Run migrations, start one daphne process, yield (url, pid), stop it."""
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    port = free_port()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                str(BIN / "daphne"),
+                "-e",
+                f"tcp:port={port}:interface=127.0.0.1:backlog=4096",
+                "--websocket_timeout",
+                "-1",
+                "config.asgi:application",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(url + "/", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("daphne did not start: " + log_path.read_text())
+                time.sleep(0.2)
+            yield url, proc.pid
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def proc_stats(pid: int) -> dict:
+    """Threads, RSS and CPU seconds of a process, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return {
+        "threads": int(fields["Threads"].strip()),
+        "rss_kib": int(fields["VmRSS"].split()[0]),
+        "cpu_s": (int(stat[11]) + int(stat[12])) / ticks,
+    }
