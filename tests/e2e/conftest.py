@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from django.conf import settings
+from django.db import connections
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -23,7 +23,8 @@ def _free_port() -> int:
 
 
 def _database_url() -> str:
-    db = settings.DATABASES["default"]
+    # The test database pytest-django created: the connection knows its name.
+    db = connections["default"].settings_dict
     if db["ENGINE"] != "django.db.backends.postgresql":
         pytest.skip("end-to-end tests need Postgres (DATABASE_URL)")
     user = db.get("USER") or "postgres"
@@ -121,12 +122,14 @@ def _wait_until_ready(server: LiveServer) -> None:
     raise RuntimeError(f"the Celery worker did not start:\n{server.log('worker')}")
 
 
-@pytest.fixture(autouse=True)
-def _database_access(django_db_blocker):
-    """Let end-to-end tests read the database the live server writes.
+def pytest_collection_modifyitems(items):
+    """Mark live-server tests `django_db`, without `transaction=True`.
 
-    No per-test flush: a TRUNCATE racing the live server's own queries can
-    deadlock, and every test makes its own users and conversations anyway.
+    The mark makes pytest-django create the test database the live server uses.
+    Not transactional on purpose: a per-test TRUNCATE racing the live server's own
+    queries can deadlock, and every test makes its own users and conversations.
+    The test's own queries run in other threads, outside the test's transaction.
     """
-    with django_db_blocker.unblock():
-        yield
+    for item in items:
+        if "natter_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.django_db)
