@@ -7,6 +7,7 @@ import time
 import httpx
 import pytest
 
+from natter_client import NatterClient
 from tests.e2e.conftest import BIN, ROOT, _free_port
 from tests.e2e.test_direct_messaging import chat, for_devices, next_message
 
@@ -39,11 +40,11 @@ async def test_the_sdk_reconnects_resumes_and_resends_across_a_server_restart(
     second = f"http://127.0.0.1:{port}"
     log = (tmp_path / "second.log").open("w")
     proc = start_daphne(natter_server.env, port, log)
-    alice, bob, conversation = await chat(natter_server.url)
-    from natter_client import NatterClient
-
-    bob_on_second = NatterClient(second, token=bob.token)
+    clients = []
     try:
+        alice, bob, conversation = await chat(natter_server.url)
+        bob_on_second = NatterClient(second, token=bob.token)
+        clients += [alice, bob, bob_on_second]
         async with bob_on_second.connect("ws") as b:
             await b.wait_drained(timeout=10)
             proc.terminate()
@@ -69,5 +70,5 @@ async def test_the_sdk_reconnects_resumes_and_resends_across_a_server_restart(
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        for c in (alice, bob, bob_on_second):
+        for c in clients:
             await c.aclose()
