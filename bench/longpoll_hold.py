@@ -2,7 +2,7 @@
 
 Opens N waiting `GET /api/v1/events` requests against one server process, then
 measures its threads, memory and database connections while they wait, wakes each
-with a real message and reports the wake latency (send acked → poll answered).
+with a real message and reports the wake latency (send issued → poll answered).
 
     .venv/bin/python -m bench.longpoll_hold --polls 1000
 
@@ -56,9 +56,14 @@ async def raw_get(base_url: str, path: str, token: str) -> tuple[int, bytes]:
         "Connection: close\r\n\r\n".encode()
     )
     await writer.drain()
-    data = await reader.read()
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    body = await reader.readexactly(length)
     writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), body
 
 
@@ -136,12 +141,22 @@ async def run(url: str, pid: int, polls: int, timeout_s: int, senders: int) -> d
             results[i] = json.loads(body) if status == 200 else {"status": status}
 
         waiters = [asyncio.create_task(wait(i, p)) for i, p in enumerate(people)]
-        await asyncio.sleep(min(5, 1 + polls / 500))
+        # Wait until the server has taken every poll in (its CPU goes quiet), so the
+        # wake latencies below do not include the queue of polls still arriving.
+        settle_start = time.perf_counter()
+        last = proc_stats(pid)["cpu_s"]
+        while time.perf_counter() - settle_start < 60:
+            await asyncio.sleep(0.5)
+            now_cpu = proc_stats(pid)["cpu_s"]
+            if now_cpu - last < 0.02:
+                break
+            last = now_cpu
+        settle_s = time.perf_counter() - settle_start
         holding = proc_stats(pid)
         pg_held = pg_connections("natter_bench")
         still_waiting = sum(not w.done() for w in waiters)
 
-        acked: dict[int, float] = {}
+        sent: dict[int, float] = {}
         sender = httpx.AsyncClient(base_url=url, timeout=30)
 
         async def wake(i: int):
@@ -157,8 +172,8 @@ async def run(url: str, pid: int, polls: int, timeout_s: int, senders: int) -> d
                     }
                 ],
             }
+            sent[i] = time.perf_counter()
             r = await sender.post("/api/v1/messages", json=body, headers=hub_auth)
-            acked[i] = time.perf_counter()
             r.raise_for_status()
 
         start = time.perf_counter()
@@ -169,12 +184,13 @@ async def run(url: str, pid: int, polls: int, timeout_s: int, senders: int) -> d
         after = proc_stats(pid)
 
     woken = [i for i, r in results.items() if len(r.get("events", [])) == 1]
-    latencies = sorted((answered[i] - acked[i]) * 1000 for i in woken)
+    latencies = sorted((answered[i] - sent[i]) * 1000 for i in woken)
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
     return {
         "scenario": "longpoll_hold",
         "polls": polls,
         "waiting_when_measured": still_waiting,
+        "settle_s": round(settle_s, 1),
         "woken_with_their_message": len(woken),
         "server_threads_idle": before["threads"],
         "server_threads_holding": holding["threads"],
