@@ -53,15 +53,7 @@ class MessageSendApi(APIView):
     def post(self, request):
         data = validated(serializers.MessageSendSerializer, request.data)
         result = services.message_send(
-            sender_device=request.auth,
-            conversation_id=data["conversation"],
-            client_id=data["client_id"],
-            kind=data["kind"],
-            ciphertexts=[
-                services.Ciphertext(c["device"], c["envelope"], c["body"])
-                for c in data["ciphertexts"]
-            ],
-            reply_to_seq=data.get("reply_to_seq"),
+            sender_device=request.auth, **serializers.send_arguments(data)
         )
         return Response(
             result.as_ack(),

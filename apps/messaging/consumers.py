@@ -100,15 +100,7 @@ class InboxConsumer(AsyncWebsocketConsumer):
     async def on_send(self, frame, ref):
         data = validated(serializers.MessageSendSerializer, frame)
         result = await database_sync_to_async(services.message_send)(
-            sender_device=self.device,
-            conversation_id=data["conversation"],
-            client_id=data["client_id"],
-            kind=data["kind"],
-            ciphertexts=[
-                services.Ciphertext(c["device"], c["envelope"], c["body"])
-                for c in data["ciphertexts"]
-            ],
-            reply_to_seq=data.get("reply_to_seq"),
+            sender_device=self.device, **serializers.send_arguments(data)
         )
         await self.send_frame({"type": "ack", "ref": ref, **result.as_ack()})
 

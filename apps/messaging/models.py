@@ -30,6 +30,12 @@ class Conversation(models.Model):
         return ids.encode(ids.CONVERSATION, self.id)
 
 
+class MembershipQuerySet(models.QuerySet):
+    def current(self):
+        """Members now: not removed, not left (groups keep the rows of past members)."""
+        return self.filter(left_seq__isnull=True)
+
+
 class Membership(models.Model):
     conversation = models.ForeignKey(
         Conversation, on_delete=models.CASCADE, related_name="memberships"
@@ -43,6 +49,12 @@ class Membership(models.Model):
     delivered_seq = models.BigIntegerField(default=0)
     is_admin = models.BooleanField(default=False)
     joined_at = models.DateTimeField(auto_now_add=True)
+    # Membership at seq: a member receives the messages with joined_seq < seq and,
+    # once removed or gone, none with seq > left_seq.
+    joined_seq = models.BigIntegerField(default=0)
+    left_seq = models.BigIntegerField(null=True, blank=True)
+
+    objects = MembershipQuerySet.as_manager()
 
     class Meta:
         constraints = [

@@ -96,3 +96,23 @@ def _describe(user: User, memberships: list[Membership]) -> list[dict]:
             }
         )
     return result
+
+
+def conversation_member_ids(*, conversation_id: int) -> list[int]:
+    """The user ids of a conversation's current members."""
+    return list(
+        Membership.objects.current()
+        .filter(conversation_id=conversation_id)
+        .values_list("user_id", flat=True)
+    )
+
+
+def users_sharing_a_conversation(*, user_id: int) -> set[int]:
+    """Everyone who is a current member of some conversation with this user (contacts)."""
+    mine = Membership.objects.current().filter(user_id=user_id).values("conversation_id")
+    return set(
+        Membership.objects.current()
+        .filter(conversation_id__in=mine)
+        .exclude(user_id=user_id)
+        .values_list("user_id", flat=True)
+    )

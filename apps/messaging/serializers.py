@@ -23,9 +23,30 @@ class MessageSendSerializer(serializers.Serializer):
     ciphertexts = CiphertextSerializer(
         many=True, max_length=settings.NATTER["MAX_CIPHERTEXTS"], allow_empty=True
     )
+    group_body = Base64Field(
+        max_bytes=settings.NATTER["CIPHERTEXT_MAX_BYTES"],
+        required=False,
+        help_text="Groups only: the one Sender Key ciphertext every member device gets.",
+    )
     reply_to_seq = StrictIntegerField(
         min_value=1, max_value=MAX_INT, required=False, allow_null=True
     )
+
+
+def send_arguments(data: dict) -> dict:
+    """Turn a validated send (REST body or WebSocket frame) into message_send's arguments."""
+    from apps.messaging.services import Ciphertext
+
+    return {
+        "conversation_id": data["conversation"],
+        "client_id": data["client_id"],
+        "kind": data["kind"],
+        "ciphertexts": [
+            Ciphertext(c["device"], c["envelope"], c["body"]) for c in data["ciphertexts"]
+        ],
+        "group_body": data.get("group_body"),
+        "reply_to_seq": data.get("reply_to_seq"),
+    }
 
 
 class AckResultSerializer(serializers.Serializer):

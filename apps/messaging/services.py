@@ -90,6 +90,7 @@ def message_send(
     client_id: uuid.UUID,
     kind: str,
     ciphertexts: list[Ciphertext],
+    group_body: bytes | None = None,
     reply_to_seq: int | None = None,
 ) -> SendResult:
     """Store a message and one inbox row per recipient device; idempotent on client_id."""
@@ -107,6 +108,7 @@ def message_send(
                 client_id=client_id,
                 kind=kind,
                 ciphertexts=ciphertexts,
+                group_body=group_body,
                 reply_to_seq=reply_to_seq,
             )
     except IntegrityError:
@@ -124,7 +126,7 @@ def _message_by_client_id(device: Device, client_id: uuid.UUID) -> Message | Non
 
 
 def _message_store(
-    *, sender_device, conversation_id, client_id, kind, ciphertexts, reply_to_seq
+    *, sender_device, conversation_id, client_id, kind, ciphertexts, group_body, reply_to_seq
 ) -> Message:
     sender_user_id = sender_device.user_id
     members = dict(
@@ -136,6 +138,8 @@ def _message_store(
         raise NotMember()
     if members[sender_user_id] != Conversation.Kind.DIRECT:
         raise BadRequest("Only direct conversations take pairwise sends.", field="conversation")
+    if group_body is not None:
+        raise BadRequest("group_body is for group conversations only.", field="group_body")
 
     # The exact device set: every active device of the other member and the
     # sender's other devices, so a client never silently misses one.
