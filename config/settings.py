@@ -168,6 +168,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.messaging.tasks.inbox_expire_task",
         "schedule": timedelta(minutes=env_int("INBOX_EXPIRE_EVERY_MINUTES", 60)),
     },
+    "fanout-sweep": {
+        "task": "apps.groups.tasks.fanout_sweep_task",
+        "schedule": timedelta(seconds=env_int("FANOUT_SWEEP_EVERY_S", 5)),
+    },
     "sessions-clear": {
         "task": "apps.accounts.tasks.sessions_clear_task",
         "schedule": timedelta(hours=24),
@@ -227,6 +231,9 @@ NATTER = {
     "MAX_CIPHERTEXTS": env_int("MAX_CIPHERTEXTS", 600),
     "SEND_RATE": env_int("SEND_RATE_PER_MINUTE", 600),
     "RETENTION_DAYS": env_int("RETENTION_DAYS", 30),
+    "GROUP_MAX_MEMBERS": env_int("GROUP_MAX_MEMBERS", 256),
+    # A group message whose fan-out has not finished after this long is queued again.
+    "FANOUT_STALE_S": env_int("FANOUT_STALE_S", 5),
     # A socket that keeps sending bad frames is closed with 4429.
     "ABUSE_ERRORS": env_int("SOCKET_ABUSE_ERRORS", 30),
     "ABUSE_WINDOW_S": 10,

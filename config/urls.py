@@ -11,4 +11,5 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/", include("apps.accounts.urls")),
     path("api/v1/", include("apps.messaging.urls")),
+    path("api/v1/", include("apps.groups.urls")),
 ]

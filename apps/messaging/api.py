@@ -5,6 +5,8 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.common import ids
+from apps.common.errors import NotFound
 from apps.common.validation import validated
 from apps.messaging import selectors, serializers, services
 
@@ -103,3 +105,21 @@ class EventsPollApi(APIView):
         return Response(
             services.inbox_poll(device=request.auth, cursor=query["cursor"], limit=query["limit"])
         )
+
+
+class MessageReceiptsApi(APIView):
+    @extend_schema(
+        responses={
+            200: OpenApiResponse(
+                description="`{message_id, conversation, seq, receipts: [{user, delivered_at, read_at, expired_at}]}`"
+            ),
+            404: OpenApiResponse(description="`not_found`: no such message of yours"),
+        },
+        description="Who has a message delivered and read. Only its sender may ask.",
+    )
+    def get(self, request, message_id: str):
+        key = ids.decode(ids.MESSAGE, message_id)
+        body = selectors.message_receipts(user=request.user, message_id=key) if key else None
+        if body is None:
+            raise NotFound("No such message of yours.")
+        return Response(body)

@@ -46,3 +46,21 @@ async def _send_many(sends: list[tuple[str, dict]]) -> None:
     layer = get_channel_layer()
     for group, message in sends:
         await layer.group_send(group, message)
+
+
+def fanout_on_commit(*, message_id: int) -> None:
+    """Queue the Celery fan-out of a group message once it is committed.
+
+    If the queueing fails (broker down), the message stays `fanout_pending` and
+    the beat sweeper queues it again: the job itself is the row, not the task.
+    """
+
+    def enqueue():
+        from apps.groups.tasks import fanout_message_task
+
+        try:
+            fanout_message_task.delay(message_id)
+        except Exception:
+            logger.exception("could not queue the fan-out of message %s", message_id)
+
+    transaction.on_commit(enqueue)

@@ -89,9 +89,22 @@ class Message(models.Model):
     client_id = models.UUIDField()
     kind = models.CharField(max_length=12, choices=Kind.choices)
     reply_to_seq = models.BigIntegerField(null=True, blank=True)
+    # Groups: the one Sender Key ciphertext every member device gets, stored once and
+    # cleared when the fan-out is done and every member device has acked.
+    group_body = models.BinaryField(null=True, blank=True)
+    # True from the send until the Celery fan-out has written every inbox row: the
+    # durable fan-out job, found again by the sweeper if a worker dies.
+    fanout_pending = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        indexes = [
+            models.Index(
+                fields=["created_at"],
+                name="messaging_message_fanout",
+                condition=models.Q(fanout_pending=True),
+            ),
+        ]
         constraints = [
             # Idempotent sends: a resend with the same client id is never stored twice.
             models.UniqueConstraint(
@@ -137,6 +150,12 @@ class InboxEntry(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["device", "cursor"], name="messaging_inbox_cursor"),
+            # One copy of a message per device, however often a fan-out runs.
+            models.UniqueConstraint(
+                fields=["device", "message"],
+                name="messaging_inbox_message_once",
+                condition=models.Q(message__isnull=False),
+            ),
         ]
         verbose_name_plural = "inbox entries"
 

@@ -7,7 +7,7 @@ from django.db.models import Max
 from apps.accounts.models import User
 from apps.accounts.selectors import user_public
 from apps.common import ids
-from apps.messaging.models import Conversation, InboxEntry, Membership
+from apps.messaging.models import Conversation, InboxEntry, Membership, Message, Receipt
 
 
 def inbox_after(*, device_id: int, after_cursor: int, limit: int) -> list[dict]:
@@ -31,7 +31,7 @@ def inbox_event(row: InboxEntry) -> dict:
     if row.type != InboxEntry.Type.MESSAGE:
         return row.payload
     m = row.message
-    return {
+    event = {
         "type": "message",
         "message_id": ids.encode(ids.MESSAGE, m.id),
         "client_id": str(m.client_id),
@@ -43,16 +43,32 @@ def inbox_event(row: InboxEntry) -> dict:
         },
         "kind": m.kind,
         "envelope": row.envelope,
-        "body": base64.b64encode(bytes(row.body)).decode(),
+        "body": None,
         "sent_at": m.created_at.isoformat().replace("+00:00", "Z"),
         "reply_to_seq": m.reply_to_seq,
     }
+    group_body = _b64(m.group_body)
+    if row.body is None:
+        # A group fan-out row: the group body, stored once with the message.
+        event["body"] = group_body
+    else:
+        event["body"] = _b64(row.body)
+        if group_body is not None:
+            # A pairwise extra of a group message (a Sender Key distribution):
+            # this device's own ciphertext, and the group body beside it.
+            event["group_body"] = group_body
+    return event
+
+
+def _b64(value) -> str | None:
+    return None if value is None else base64.b64encode(bytes(value)).decode()
 
 
 def conversation_list(*, user: User) -> list[dict]:
     """Every conversation of a user with its members, last_seq and the caller's read_seq."""
     memberships = list(
-        Membership.objects.filter(user=user)
+        Membership.objects.current()
+        .filter(user=user)
         .select_related("conversation")
         .order_by("-conversation__last_activity_at", "conversation_id")
     )
@@ -61,7 +77,8 @@ def conversation_list(*, user: User) -> list[dict]:
 
 def conversation_for_member(*, user: User, conversation_id: int) -> dict | None:
     membership = (
-        Membership.objects.filter(user=user, conversation_id=conversation_id)
+        Membership.objects.current()
+        .filter(user=user, conversation_id=conversation_id)
         .select_related("conversation")
         .first()
     )
@@ -71,12 +88,16 @@ def conversation_for_member(*, user: User, conversation_id: int) -> dict | None:
 def _describe(user: User, memberships: list[Membership]) -> list[dict]:
     conversation_ids = [m.conversation_id for m in memberships]
     members: dict[int, list[User]] = {cid: [] for cid in conversation_ids}
+    admins: dict[int, list[str]] = {cid: [] for cid in conversation_ids}
     for m in (
-        Membership.objects.filter(conversation_id__in=conversation_ids)
+        Membership.objects.current()
+        .filter(conversation_id__in=conversation_ids)
         .select_related("user")
         .order_by("joined_at", "id")
     ):
         members[m.conversation_id].append(m.user)
+        if m.is_admin:
+            admins[m.conversation_id].append(m.user.public_id)
     result = []
     for membership in memberships:
         conversation: Conversation = membership.conversation
@@ -85,16 +106,17 @@ def _describe(user: User, memberships: list[Membership]) -> list[dict]:
         if conversation.kind == Conversation.Kind.DIRECT:
             other = next((u for u in people if u.id != user.id), user)
             title = other.display_name or other.username
-        result.append(
-            {
-                "id": conversation.public_id,
-                "kind": conversation.kind,
-                "title": title,
-                "members": [user_public(u) for u in people],
-                "last_seq": conversation.last_seq,
-                "read_seq": membership.read_seq,
-            }
-        )
+        described = {
+            "id": conversation.public_id,
+            "kind": conversation.kind,
+            "title": title,
+            "members": [user_public(u) for u in people],
+            "last_seq": conversation.last_seq,
+            "read_seq": membership.read_seq,
+        }
+        if conversation.kind == Conversation.Kind.GROUP:
+            described["admins"] = admins[conversation.id]
+        result.append(described)
     return result
 
 
@@ -116,3 +138,33 @@ def users_sharing_a_conversation(*, user_id: int) -> set[int]:
         .exclude(user_id=user_id)
         .values_list("user_id", flat=True)
     )
+
+
+def message_receipts(*, user: User, message_id: int) -> dict | None:
+    """Per-member delivery and read state of a message, for its sender only."""
+    message = Message.objects.filter(id=message_id, sender_user=user).first()
+    if message is None:
+        return None
+    rows = (
+        Receipt.objects.filter(message=message)
+        .order_by("user_id")
+        .values_list("user_id", "delivered_at", "read_at", "expired_at")
+    )
+    return {
+        "message_id": message.public_id,
+        "conversation": ids.encode(ids.CONVERSATION, message.conversation_id),
+        "seq": message.seq,
+        "receipts": [
+            {
+                "user": ids.encode(ids.USER, user_id),
+                "delivered_at": _iso(delivered),
+                "read_at": _iso(read),
+                "expired_at": _iso(expired),
+            }
+            for user_id, delivered, read, expired in rows
+        ],
+    }
+
+
+def _iso(value) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None

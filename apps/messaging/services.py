@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Min, Q
+from django.db.models import BooleanField, ExpressionWrapper, Min, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -130,14 +130,22 @@ def _message_store(
 ) -> Message:
     sender_user_id = sender_device.user_id
     members = dict(
-        Membership.objects.filter(conversation_id=conversation_id).values_list(
-            "user_id", "conversation__kind"
-        )
+        Membership.objects.current()
+        .filter(conversation_id=conversation_id)
+        .values_list("user_id", "conversation__kind")
     )
     if sender_user_id not in members:
         raise NotMember()
-    if members[sender_user_id] != Conversation.Kind.DIRECT:
-        raise BadRequest("Only direct conversations take pairwise sends.", field="conversation")
+    if members[sender_user_id] == Conversation.Kind.GROUP:
+        return _group_message_store(
+            sender_device=sender_device,
+            conversation_id=conversation_id,
+            client_id=client_id,
+            kind=kind,
+            ciphertexts=ciphertexts,
+            group_body=group_body,
+            reply_to_seq=reply_to_seq,
+        )
     if group_body is not None:
         raise BadRequest("group_body is for group conversations only.", field="group_body")
 
@@ -159,7 +167,7 @@ def _message_store(
             extra=sorted(ids.encode(ids.DEVICE, d) for d in extra),
         )
 
-    seq = _next_seq(conversation_id)
+    seq = conversation_next_seq(conversation_id)
     if reply_to_seq is not None and reply_to_seq >= seq:
         raise BadRequest("reply_to_seq must name an earlier message.", field="reply_to_seq")
     message = Message.objects.create(
@@ -171,7 +179,7 @@ def _message_store(
         kind=kind,
         reply_to_seq=reply_to_seq,
     )
-    _inbox_append(
+    inbox_append(
         [
             InboxEntry(
                 device_id=c.device_id,
@@ -188,7 +196,132 @@ def _message_store(
     return message
 
 
-def _next_seq(conversation_id: int) -> int:
+def _group_message_store(
+    *, sender_device, conversation_id, client_id, kind, ciphertexts, group_body, reply_to_seq
+) -> Message:
+    """Store a group message once, with its pairwise extras; the fan-out runs on Celery."""
+    if group_body is None:
+        raise BadRequest("A group message needs group_body.", field="group_body")
+    # The seq first: it locks the conversation, so no membership change can commit
+    # between here and the end of this transaction. The members read below are
+    # exactly the members at this seq, whatever order the workers later run in.
+    seq = conversation_next_seq(conversation_id)
+    members = set(
+        Membership.objects.current()
+        .filter(conversation_id=conversation_id)
+        .values_list("user_id", flat=True)
+    )
+    if sender_device.user_id not in members:
+        raise NotMember()
+    given = [c.device_id for c in ciphertexts]
+    if len(set(given)) != len(given):
+        raise BadRequest("A device appears twice in ciphertexts.", field="ciphertexts")
+    if given:
+        # Pairwise extras (Sender Key distributions) go to chosen member devices only.
+        allowed = set(
+            Device.objects.active()
+            .filter(id__in=given, user_id__in=members)
+            .exclude(id=sender_device.id)
+            .values_list("id", flat=True)
+        )
+        if set(given) - allowed:
+            raise DeviceMismatch(
+                missing=[], extra=sorted(ids.encode(ids.DEVICE, d) for d in set(given) - allowed)
+            )
+    if reply_to_seq is not None and reply_to_seq >= seq:
+        raise BadRequest("reply_to_seq must name an earlier message.", field="reply_to_seq")
+    message = Message.objects.create(
+        conversation_id=conversation_id,
+        seq=seq,
+        sender_user_id=sender_device.user_id,
+        sender_device=sender_device,
+        client_id=client_id,
+        kind=kind,
+        reply_to_seq=reply_to_seq,
+        group_body=group_body,
+        fanout_pending=True,
+    )
+    inbox_append(
+        [
+            InboxEntry(
+                device_id=c.device_id,
+                type=InboxEntry.Type.MESSAGE,
+                message=message,
+                envelope=c.envelope,
+                body=c.body,
+            )
+            for c in ciphertexts
+        ]
+    )
+    # Receipts fix the recipients at this seq: the fan-out writes to their devices.
+    Receipt.objects.bulk_create(
+        [Receipt(message=message, user_id=u) for u in members if u != sender_device.user_id]
+    )
+    events.fanout_on_commit(message_id=message.id)
+    return message
+
+
+def message_fanout(*, message_id: int) -> int:
+    """Write a group message's inbox rows for every recipient device; idempotent.
+
+    Recipients are the members at the message's seq (its receipts) and the
+    sender's other devices. A row that exists already (a pairwise extra, or an
+    earlier run that committed) is skipped by the (device, message) constraint.
+    """
+    with transaction.atomic():
+        message = (
+            Message.objects.select_for_update()
+            .filter(id=message_id, fanout_pending=True)
+            .only("id", "sender_user_id", "sender_device_id")
+            .first()
+        )
+        if message is None:
+            return 0  # done already, or expired and purged
+        recipients = Receipt.objects.filter(message_id=message_id).values("user_id")
+        devices = (
+            Device.objects.active()
+            .filter(Q(user_id__in=recipients) | Q(user_id=message.sender_user_id))
+            .exclude(id=message.sender_device_id)
+            .values_list("id", flat=True)
+        )
+        rows = inbox_append(
+            [
+                InboxEntry(
+                    device_id=d,
+                    type=InboxEntry.Type.MESSAGE,
+                    message_id=message_id,
+                    envelope="group",
+                )
+                for d in devices
+            ],
+            ignore_conflicts=True,
+        )
+        Message.objects.filter(id=message_id).update(fanout_pending=False)
+        _group_body_release([message_id])
+    return len(rows)
+
+
+def fanout_pending_ids(*, older_than_s: float) -> list[int]:
+    """Group messages whose fan-out has not finished after `older_than_s` seconds."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    return list(
+        Message.objects.filter(fanout_pending=True, created_at__lt=cutoff)
+        .order_by("created_at")
+        .values_list("id", flat=True)[:1000]
+    )
+
+
+def _group_body_release(message_ids) -> None:
+    # Nothing of a body stays once every device has its copy acked: the group body
+    # goes when the fan-out is done and no inbox row of the message is left.
+    Message.objects.filter(
+        id__in=message_ids, fanout_pending=False, group_body__isnull=False
+    ).exclude(
+        id__in=InboxEntry.objects.filter(message_id__in=message_ids).values("message_id")
+    ).update(group_body=None)
+
+
+def conversation_next_seq(conversation_id: int) -> int:
     # The row lock taken here is held until commit: concurrent senders queue and
     # each gets the next seq, and a rollback returns its seq.
     with connection.cursor() as cur:
@@ -206,10 +339,12 @@ def _next_seq(conversation_id: int) -> int:
 # --- The inbox ---------------------------------------------------------------------
 
 
-def _inbox_append(rows: list[InboxEntry]) -> list[InboxEntry]:
+def inbox_append(rows: list[InboxEntry], *, ignore_conflicts: bool = False) -> list[InboxEntry]:
     """Give each row the next cursor of its device, insert them, ring on commit.
 
-    Rows for devices revoked meanwhile are dropped: their inbox is gone.
+    Rows for devices revoked meanwhile are dropped: their inbox is gone. With
+    `ignore_conflicts`, a row whose (device, message) exists is skipped (its
+    reserved cursor stays unused: cursors increase, they need not be gapless).
     """
     if not rows:
         return []
@@ -222,7 +357,7 @@ def _inbox_append(rows: list[InboxEntry]) -> list[InboxEntry]:
             row.cursor = next_cursor[row.device_id]
             next_cursor[row.device_id] += 1
             kept.append(row)
-    InboxEntry.objects.bulk_create(kept)
+    InboxEntry.objects.bulk_create(kept, ignore_conflicts=ignore_conflicts)
     events.ring_doorbells_on_commit(device_ids=last.keys())
     return kept
 
@@ -286,17 +421,23 @@ def inbox_drop(*, device: Device) -> None:
 
 def _mark_delivered(*, user_id: int, message_ids: list[int]) -> None:
     now = timezone.now()
+    acked = Message.objects.filter(id__in=message_ids).values_list(
+        "conversation_id",
+        "sender_user_id",
+        ExpressionWrapper(Q(group_body__isnull=False), output_field=BooleanField()),
+    )
+    conversation_ids, with_group_body = set(), False
+    for conversation_id, sender_id, has_group_body in acked:
+        with_group_body |= has_group_body
+        if sender_id != user_id:
+            conversation_ids.add(conversation_id)
+    if with_group_body:
+        _group_body_release(message_ids)
     updated = Receipt.objects.filter(
         user_id=user_id, message_id__in=message_ids, delivered_at__isnull=True
     ).update(delivered_at=now)
-    if not updated:
-        return  # another device of this user got there first
-    conversation_ids = set(
-        Message.objects.filter(id__in=message_ids)
-        .exclude(sender_user_id=user_id)
-        .values_list("conversation_id", flat=True)
-    )
-    _advance_delivered(user_id=user_id, conversation_ids=conversation_ids, at=now)
+    if updated:  # else another device of this user got there first
+        _advance_delivered(user_id=user_id, conversation_ids=conversation_ids, at=now)
 
 
 def _advance_delivered(*, user_id: int, conversation_ids, at: datetime) -> None:
@@ -383,7 +524,7 @@ def _receipt_notify(
             InboxEntry(device_id=d, type=InboxEntry.Type.RECEIPT, payload=payload)
             for d in devices_by_user[sender_id]
         ]
-    _inbox_append(rows)
+    inbox_append(rows)
 
 
 # --- Reading -------------------------------------------------------------------------
@@ -402,6 +543,9 @@ def conversation_read(*, device: Device, conversation_id: int, up_to_seq: int) -
         if membership is None:
             raise NotMember()
         new_read = min(up_to_seq, membership.conversation.last_seq)
+        if membership.left_seq is not None:
+            # A past member reads what it received, nothing after it left.
+            new_read = min(new_read, membership.left_seq)
         old_read = membership.read_seq
         if new_read <= old_read:
             return old_read
@@ -432,9 +576,15 @@ def conversation_read(*, device: Device, conversation_id: int, up_to_seq: int) -
 
 def device_event_broadcast(*, device: Device, action: str) -> None:
     """Tell the user's other devices and everyone sharing a conversation about a device."""
-    shared = Membership.objects.filter(
-        conversation__in=Membership.objects.filter(user_id=device.user_id).values("conversation")
-    ).values("user_id")
+    shared = (
+        Membership.objects.current()
+        .filter(
+            conversation__in=Membership.objects.current()
+            .filter(user_id=device.user_id)
+            .values("conversation")
+        )
+        .values("user_id")
+    )
     targets = (
         Device.objects.active()
         .filter(Q(user_id__in=shared) | Q(user_id=device.user_id))
@@ -447,7 +597,7 @@ def device_event_broadcast(*, device: Device, action: str) -> None:
         "device": device.public_id,
         "action": action,
     }
-    _inbox_append(
+    inbox_append(
         [InboxEntry(device_id=d, type=InboxEntry.Type.DEVICE, payload=payload) for d in targets]
     )
 
@@ -534,7 +684,7 @@ def _expired_notify(batch, *, at: datetime) -> None:
             InboxEntry(device_id=d, type=InboxEntry.Type.RECEIPT, payload=payload)
             for d in devices_by_user[sender_id]
         ]
-    _inbox_append(rows)
+    inbox_append(rows)
     # An expired message no longer holds back the delivered watermark of its member.
     by_user = defaultdict(set)
     for cid, _, user_id in seqs:
