@@ -185,7 +185,11 @@ async def run(url: str, pid: int, polls: int, timeout_s: int, senders: int) -> d
 
     woken = [i for i, r in results.items() if len(r.get("events", [])) == 1]
     latencies = sorted((answered[i] - sent[i]) * 1000 for i in woken)
-    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
+    q = (
+        statistics.quantiles(latencies, n=100, method="inclusive")
+        if len(latencies) > 1
+        else latencies * 99
+    )
     return {
         "scenario": "longpoll_hold",
         "polls": polls,

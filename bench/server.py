@@ -101,3 +101,38 @@ def proc_stats(pid: int) -> dict:
         "rss_kib": int(fields["VmRSS"].split()[0]),
         "cpu_s": (int(stat[11]) + int(stat[12])) / ticks,
     }
+
+
+@contextlib.contextmanager
+def celery_worker(env: dict, log_path: Path, concurrency: int = 2):
+    """Start one Celery worker for the benchmark server; stop it afterwards."""
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                str(BIN / "celery"),
+                "-A",
+                "config",
+                "worker",
+                "-l",
+                "info",
+                "--concurrency",
+                str(concurrency),
+                "-n",
+                f"bench-{os.getpid()}@%h",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while "ready." not in log_path.read_text():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the worker did not start: " + log_path.read_text())
+                time.sleep(0.2)
+            yield proc.pid
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)

@@ -166,7 +166,8 @@ def test_group_events_and_messages_share_one_gapless_seq(trio):
     group_send(b1, group)
     group.refresh_from_db()
     seqs = sorted(
-        [e["seq"] for e in events(c1, "group")] + list(Message.objects.values_list("seq", flat=True))
+        [e["seq"] for e in events(c1, "group")]
+        + list(Message.objects.values_list("seq", flat=True))
     )
     assert seqs == [1, 2, 3, 4] and group.last_seq == 4
 
@@ -175,7 +176,9 @@ def test_receipts_list_members_for_the_sender_only(trio):
     alice, bob, carol, a1, a2, b1, c1, group = trio
     message = group_send(a1, group).message
     services.message_fanout(message_id=message.id)
-    services.inbox_ack(device=b1, cursor=inbox_after(device_id=b1.id, after_cursor=0, limit=99)[-1]["cursor"])
+    services.inbox_ack(
+        device=b1, cursor=inbox_after(device_id=b1.id, after_cursor=0, limit=99)[-1]["cursor"]
+    )
     services.conversation_read(device=c1, conversation_id=group.id, up_to_seq=message.seq)
     body = message_receipts(user=alice, message_id=message.id)
     state = {r["user"]: r for r in body["receipts"]}
@@ -252,8 +255,7 @@ def test_concurrent_adds_removes_and_sends_keep_membership_at_seq_exact(people):
     # member at every seq, then check each message reached exactly those members.
     members, at_seq = {u.id for u in pool[:4]}, {}
     timeline = sorted(
-        [(e["seq"], e) for e in events(owner_device, "group")]
-        + [(m.seq, m) for m in messages],
+        [(e["seq"], e) for e in events(owner_device, "group")] + [(m.seq, m) for m in messages],
         key=lambda pair: pair[0],
     )
     for seq, item in timeline:

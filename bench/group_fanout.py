@@ -1,0 +1,122 @@
+"""Time from a group send to the last member device receiving it.
+
+256 members online over WebSocket (the SDK), one of them sends, a Celery worker fans
+out; measured per message from the send to the moment the last of the other 255
+devices has it, over --messages sends one after another.
+
+    .venv/bin/python -m bench.group_fanout --members 256 --messages 30
+
+Needs Postgres and Redis (DATABASE_URL / REDIS_URL); uses the `natter_bench` database.
+"""
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from bench.server import bench_env, celery_worker, daphne, proc_stats
+from natter_client import NatterClient
+
+PASSWORD = "a long pass phrase 42"
+
+
+async def member(url: str, http: httpx.AsyncClient, name: str) -> NatterClient:
+    await http.post("/api/v1/auth/register", json={"username": name, "password": PASSWORD})
+    client = NatterClient(url)
+    await client.login(name, PASSWORD, device_name="bench")
+    return client
+
+
+async def run(url: str, pid: int, worker_pid: int, members: int, messages: int) -> dict:
+    tag = uuid.uuid4().hex[:6]
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        semaphore = asyncio.Semaphore(32)
+
+        async def make(i):
+            async with semaphore:
+                return await member(url, http, f"f{tag}n{i}")
+
+        clients = await asyncio.gather(*(make(i) for i in range(members)))
+    owner, rest = clients[0], clients[1:]
+    r = await owner.http.request(
+        "POST",
+        "/api/v1/groups",
+        json={"title": "bench", "member_ids": [c.user_id for c in rest]},
+    )
+    group = r["id"]
+    conns = [c.connect("ws") for c in clients]
+    for conn in conns:
+        await conn.__aenter__()
+    await asyncio.gather(*(c.wait_drained(timeout=60) for c in conns))
+    sender, receivers = conns[0], conns[1:]
+    arrivals: dict[str, list[float]] = {}
+
+    async def listen(conn):
+        while True:
+            event = await conn.next_event(type="message")
+            arrivals.setdefault(event["message_id"], []).append(time.perf_counter())
+
+    listeners = [asyncio.create_task(listen(c)) for c in receivers]
+    latencies = []
+    before = proc_stats(pid), proc_stats(worker_pid)
+    for i in range(messages):
+        start = time.perf_counter()
+        ack = await sender.send(group, {}, group_body=b"x" * 100)
+        deadline = time.monotonic() + 30
+        while len(arrivals.get(ack.message_id, ())) < len(receivers):
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"message {i} reached only {len(arrivals.get(ack.message_id, ()))}"
+                )
+            await asyncio.sleep(0.002)
+        latencies.append((max(arrivals[ack.message_id]) - start) * 1000)
+    after = proc_stats(pid), proc_stats(worker_pid)
+    for task in listeners:
+        task.cancel()
+    for conn in conns:
+        await conn.__aexit__(None, None, None)
+    for c in clients:
+        await c.aclose()
+    latencies.sort()
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
+    return {
+        "scenario": "group_fanout",
+        "members": members,
+        "messages": messages,
+        "last_device_ms_p50": round(statistics.median(latencies), 1),
+        "last_device_ms_p99": round(q[98], 1),
+        "last_device_ms_max": round(latencies[-1], 1),
+        "server_cpu_s": round(after[0]["cpu_s"] - before[0]["cpu_s"], 2),
+        "worker_main_cpu_s": round(after[1]["cpu_s"] - before[1]["cpu_s"], 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--members", type=int, default=256)
+    parser.add_argument("--messages", type=int, default=30)
+    args = parser.parse_args()
+    env = bench_env()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        daphne(env, Path(tmp) / "daphne.log") as (
+            url,
+            pid,
+        ),
+        celery_worker(env, Path(tmp) / "worker.log") as worker_pid,
+    ):
+        report = asyncio.run(run(url, pid, worker_pid, args.members, args.messages))
+    print(json.dumps(report))
+    width = max(len(k) for k in report)
+    for key, value in report.items():
+        print(f"{key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()
