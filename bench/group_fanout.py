@@ -2,7 +2,9 @@
 
 256 members online over WebSocket (the SDK), one of them sends, a Celery worker fans
 out; measured per message from the send to the moment the last of the other 255
-devices has it, over --messages sends one after another.
+devices has it, over --messages sends one after another. By default each send waits
+until the server is idle again (the previous message's 255 acks and receipts done);
+--back-to-back measures under the backlog instead.
 
     .venv/bin/python -m bench.group_fanout --members 256 --messages 30
 
@@ -33,7 +35,20 @@ async def member(url: str, http: httpx.AsyncClient, name: str) -> NatterClient:
     return client
 
 
-async def run(url: str, pid: int, worker_pid: int, members: int, messages: int) -> dict:
+async def quiet(pid: int) -> None:
+    """Wait until the server's CPU is idle: the previous send's acks and receipts are done."""
+    last = proc_stats(pid)["cpu_s"]
+    for _ in range(600):
+        await asyncio.sleep(0.25)
+        now = proc_stats(pid)["cpu_s"]
+        if now - last < 0.01:
+            return
+        last = now
+
+
+async def run(
+    url: str, pid: int, worker_pid: int, members: int, messages: int, settle: bool
+) -> dict:
     tag = uuid.uuid4().hex[:6]
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         semaphore = asyncio.Semaphore(32)
@@ -66,6 +81,8 @@ async def run(url: str, pid: int, worker_pid: int, members: int, messages: int) 
     latencies = []
     before = proc_stats(pid), proc_stats(worker_pid)
     for i in range(messages):
+        if settle:
+            await quiet(pid)
         start = time.perf_counter()
         ack = await sender.send(group, {}, group_body=b"x" * 100)
         deadline = time.monotonic() + 30
@@ -89,6 +106,7 @@ async def run(url: str, pid: int, worker_pid: int, members: int, messages: int) 
         "scenario": "group_fanout",
         "members": members,
         "messages": messages,
+        "settle_between_sends": settle,
         "last_device_ms_p50": round(statistics.median(latencies), 1),
         "last_device_ms_p99": round(q[98], 1),
         "last_device_ms_max": round(latencies[-1], 1),
@@ -101,6 +119,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, default=256)
     parser.add_argument("--messages", type=int, default=30)
+    parser.add_argument(
+        "--back-to-back",
+        action="store_true",
+        help="send each message as soon as the last one arrived, without waiting for the "
+        "server to finish the previous one's acks and receipts",
+    )
     args = parser.parse_args()
     env = bench_env()
     with (
@@ -111,7 +135,9 @@ def main() -> None:
         ),
         celery_worker(env, Path(tmp) / "worker.log") as worker_pid,
     ):
-        report = asyncio.run(run(url, pid, worker_pid, args.members, args.messages))
+        report = asyncio.run(
+            run(url, pid, worker_pid, args.members, args.messages, not args.back_to_back)
+        )
     print(json.dumps(report))
     width = max(len(k) for k in report)
     for key, value in report.items():

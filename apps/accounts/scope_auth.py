@@ -2,7 +2,6 @@
 
 from urllib.parse import urlparse
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
 from django.http.request import validate_host
@@ -10,6 +9,7 @@ from django.http.request import validate_host
 from apps.accounts.authentication import SESSION_DEVICE_KEY, bearer_token
 from apps.accounts.models import Device
 from apps.accounts.selectors import device_for_session, device_for_token
+from apps.common.db import db_call
 
 # Long-polls authenticated by a session cookie must carry this header: a foreign
 # page cannot add it to a cross-site request, so it cannot ack a user's inbox.
@@ -45,7 +45,7 @@ async def device_for_scope(scope, *, websocket: bool) -> Device | None:
     """
     token = bearer_token(header(scope, b"authorization"))
     if token:
-        return await database_sync_to_async(device_for_token)(token=token)
+        return await db_call(device_for_token)(token=token)
     session = scope.get("session")
     if session is None:
         return None
@@ -53,7 +53,7 @@ async def device_for_scope(scope, *, websocket: bool) -> Device | None:
         return None
     if not websocket and header(scope, SESSION_POLL_HEADER) is None:
         return None
-    return await database_sync_to_async(_session_device)(session)
+    return await db_call(_session_device)(session)
 
 
 def _session_device(session) -> Device | None:

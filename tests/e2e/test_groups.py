@@ -128,7 +128,9 @@ async def test_a_worker_killed_mid_fan_out_loses_nothing_and_duplicates_nothing(
         "FANOUT_SWEEP_EVERY_S": "1",
         "FANOUT_STALE_S": "1",
     }
-    subprocess.run(["redis-cli", "-n", "9", "flushdb"], check=True, capture_output=True)
+    await asyncio.to_thread(
+        subprocess.run, ["redis-cli", "-n", "9", "flushdb"], check=True, capture_output=True
+    )
     celery = str(BIN / "celery")
     worker_cmd = [
         celery,

@@ -258,7 +258,7 @@ def test_concurrent_adds_removes_and_sends_keep_membership_at_seq_exact(people):
         [(e["seq"], e) for e in events(owner_device, "group")] + [(m.seq, m) for m in messages],
         key=lambda pair: pair[0],
     )
-    for seq, item in timeline:
+    for _seq, item in timeline:
         if isinstance(item, Message):
             at_seq[item.id] = set(members)
         elif item["action"] == "added":
