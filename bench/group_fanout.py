@@ -79,7 +79,7 @@ async def run(
 
     listeners = [asyncio.create_task(listen(c)) for c in receivers]
     latencies = []
-    before = proc_stats(pid), proc_stats(worker_pid)
+    before = proc_stats(pid), proc_stats(worker_pid), time.process_time()
     for i in range(messages):
         if settle:
             await quiet(pid)
@@ -93,7 +93,7 @@ async def run(
                 )
             await asyncio.sleep(0.002)
         latencies.append((max(arrivals[ack.message_id]) - start) * 1000)
-    after = proc_stats(pid), proc_stats(worker_pid)
+    after = proc_stats(pid), proc_stats(worker_pid), time.process_time()
     for task in listeners:
         task.cancel()
     for conn in conns:
@@ -112,6 +112,7 @@ async def run(
         "last_device_ms_max": round(latencies[-1], 1),
         "server_cpu_s": round(after[0]["cpu_s"] - before[0]["cpu_s"], 2),
         "worker_main_cpu_s": round(after[1]["cpu_s"] - before[1]["cpu_s"], 2),
+        "load_generator_cpu_s": round(after[2] - before[2], 2),
     }
 
 

@@ -2,6 +2,7 @@
 
 import base64
 
+from django.db import connection
 from django.db.models import Max
 
 from apps.accounts.models import User
@@ -18,6 +19,41 @@ def inbox_after(*, device_id: int, after_cursor: int, limit: int) -> list[dict]:
         .order_by("cursor")[:limit]
     )
     return [{"cursor": row.cursor, "event": inbox_event(row)} for row in rows]
+
+
+def inbox_after_many(requests: list[tuple[int, int, int]]) -> list[list[dict]]:
+    """`inbox_after` for several devices at once: (device_id, after_cursor, limit) each.
+
+    Two queries however many sockets ask, so a group message rung on 255 sockets
+    of one process is read in one go (see messaging.batching).
+    """
+    if connection.vendor != "postgresql":
+        return [inbox_after(device_id=d, after_cursor=a, limit=n) for d, a, n in requests]
+    rows = list(
+        InboxEntry.objects.raw(
+            """
+            SELECT i.* FROM unnest(%s::bigint[], %s::bigint[], %s::int[]) AS a(device_id, after, lim)
+            CROSS JOIN LATERAL (
+                SELECT * FROM messaging_inboxentry e
+                WHERE e.device_id = a.device_id AND e.cursor > a.after
+                ORDER BY e.cursor LIMIT a.lim
+            ) i
+            """,
+            [[r[0] for r in requests], [r[1] for r in requests], [r[2] for r in requests]],
+        )
+    )
+    messages = Message.objects.in_bulk({r.message_id for r in rows if r.message_id})
+    by_device: dict[int, list[InboxEntry]] = {}
+    for row in rows:
+        if row.message_id:
+            row.message = messages[row.message_id]
+        by_device.setdefault(row.device_id, []).append(row)
+    results = []
+    for device_id, after, limit in requests:
+        mine = [r for r in by_device.get(device_id, ()) if r.cursor > after]
+        mine.sort(key=lambda r: r.cursor)
+        results.append([{"cursor": r.cursor, "event": inbox_event(r)} for r in mine[:limit]])
+    return results
 
 
 def inbox_last_cursor(*, device_id: int) -> int:

@@ -268,3 +268,28 @@ def test_concurrent_adds_removes_and_sends_keep_membership_at_seq_exact(people):
     for message in messages:
         got = {d for d in message_rows(message)}
         assert got == {devices[u].id for u in at_seq[message.id]}, message.seq
+
+
+def test_a_batch_of_acks_from_many_members_costs_the_same_queries_as_one(people):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    owner = people.user()
+    owner_device = people.device(owner)
+    members = [people.user() for _ in range(30)]
+    devices = [people.device(u) for u in members]
+    group = groups.group_create(creator=owner, title="Batch", member_ids=[u.id for u in members])
+    message = group_send(owner_device, group).message
+    services.message_fanout(message_id=message.id)
+    acks = [
+        (d, inbox_after(device_id=d.id, after_cursor=0, limit=99)[-1]["cursor"]) for d in devices
+    ]
+    with CaptureQueriesContext(connection) as queries:
+        services.inbox_ack_many(acks=acks)
+    assert len(queries) <= 15, [q["sql"][:120] for q in queries]
+    assert Receipt.objects.filter(message=message, delivered_at__isnull=False).count() == 30
+    delivered = [e for e in events(owner_device, "receipt") if e["status"] == "delivered"]
+    assert sorted(e["by_user"] for e in delivered) == sorted(u.public_id for u in members)
+    assert all(e["up_to_seq"] == message.seq for e in delivered)
+    message.refresh_from_db()
+    assert message.group_body is None  # every copy acked: the body is gone

@@ -1,0 +1,76 @@
+"""Group commit of a process's inbox work: acks written together, pushes read together.
+
+Each socket awaits its own call, but the calls that arrive while a batch is
+running are served together by the next one: one transaction or query however
+many sockets asked (all 255 members of a group are rung, read and ack the same
+message at once). At low load a batch holds a single call, as before.
+"""
+
+import asyncio
+import weakref
+
+from apps.common.db import db_call
+from apps.messaging import selectors, services
+
+
+class _Batcher:
+    """Collect calls while a batch runs; run the next batch with all of them."""
+
+    def __init__(self, run_batch):
+        self.run_batch = run_batch  # list of requests -> list of results, same order
+        self.pending: list[tuple[object, asyncio.Future]] = []
+        self.running = False
+
+    async def call(self, request):
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((request, future))
+        if not self.running:
+            self.running = True
+            asyncio.ensure_future(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                try:
+                    results = await db_call(self.run_batch)([request for request, _ in batch])
+                except Exception as error:  # every waiting socket reports it
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                else:
+                    for (_, future), result in zip(batch, results, strict=True):
+                        if not future.done():
+                            future.set_result(result)
+        finally:
+            self.running = False
+
+
+def _ack_batch(requests: list[tuple[object, int]]) -> list[None]:
+    services.inbox_ack_many(acks=requests)
+    return [None] * len(requests)
+
+
+_loops: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict]" = weakref.WeakKeyDictionary()
+
+
+def _batchers() -> dict:
+    loop = asyncio.get_running_loop()
+    batchers = _loops.get(loop)
+    if batchers is None:
+        batchers = _loops[loop] = {
+            "ack": _Batcher(_ack_batch),
+            "read": _Batcher(selectors.inbox_after_many),
+        }
+    return batchers
+
+
+async def inbox_ack(device, cursor: int) -> None:
+    """Ack a device's inbox up to `cursor`; return once it is committed."""
+    await _batchers()["ack"].call((device, cursor))
+
+
+async def inbox_after(device_id: int, after_cursor: int, limit: int) -> list[dict]:
+    """The next `limit` events of a device after `after_cursor`."""
+    return await _batchers()["read"].call((device_id, after_cursor, limit))
