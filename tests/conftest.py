@@ -23,9 +23,21 @@ def _fresh_channel_layers():
 
 @pytest.fixture(autouse=True)
 def _clear_rate_limits():
+    """Forget rate-limit counters between tests, and nothing else.
+
+    `cache.clear()` would FLUSHDB the Redis database that the Celery broker and
+    the channel layer share: a live server's queued tasks and groups would vanish.
+    """
     from django.core.cache import cache
 
-    cache.clear()
+    backend = getattr(cache, "_cache", None)
+    if backend is None or not hasattr(backend, "get_client"):
+        cache.clear()  # the in-memory cache of the embedded default
+    else:
+        client = backend.get_client(write=True)
+        keys = list(client.scan_iter(match=cache.make_key("rl:*")))
+        if keys:
+            client.delete(*keys)
     yield
 
 
