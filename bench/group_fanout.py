@@ -13,6 +13,7 @@ Needs Postgres and Redis (DATABASE_URL / REDIS_URL); uses the `natter_bench` dat
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import tempfile
@@ -35,27 +36,32 @@ async def member(url: str, http: httpx.AsyncClient, name: str) -> NatterClient:
     return client
 
 
-async def quiet(pid: int) -> None:
-    """Wait until the server's CPU is idle: the previous send's acks and receipts are done."""
-    last = proc_stats(pid)["cpu_s"]
+def cpu(pids: list[int]) -> float:
+    return sum(proc_stats(pid)["cpu_s"] for pid in pids)
+
+
+async def quiet(pids: list[int]) -> None:
+    """Wait until the servers' CPU is idle: the previous send's acks and receipts are done."""
+    last = cpu(pids)
     for _ in range(600):
         await asyncio.sleep(0.25)
-        now = proc_stats(pid)["cpu_s"]
+        now = cpu(pids)
         if now - last < 0.01:
             return
         last = now
 
 
 async def run(
-    url: str, pid: int, worker_pid: int, members: int, messages: int, settle: bool
+    urls: list[str], pids: list[int], worker_pid: int, members: int, messages: int, settle: bool
 ) -> dict:
     tag = uuid.uuid4().hex[:6]
-    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=urls[0], timeout=60) as http:
         semaphore = asyncio.Semaphore(32)
 
         async def make(i):
+            # Members are spread over the server processes, as a load balancer would.
             async with semaphore:
-                return await member(url, http, f"f{tag}n{i}")
+                return await member(urls[i % len(urls)], http, f"f{tag}n{i}")
 
         clients = await asyncio.gather(*(make(i) for i in range(members)))
     owner, rest = clients[0], clients[1:]
@@ -79,10 +85,10 @@ async def run(
 
     listeners = [asyncio.create_task(listen(c)) for c in receivers]
     latencies = []
-    before = proc_stats(pid), proc_stats(worker_pid), time.process_time()
+    before = cpu(pids), proc_stats(worker_pid), time.process_time()
     for i in range(messages):
         if settle:
-            await quiet(pid)
+            await quiet(pids)
         start = time.perf_counter()
         ack = await sender.send(group, {}, group_body=b"x" * 100)
         deadline = time.monotonic() + 30
@@ -93,7 +99,7 @@ async def run(
                 )
             await asyncio.sleep(0.002)
         latencies.append((max(arrivals[ack.message_id]) - start) * 1000)
-    after = proc_stats(pid), proc_stats(worker_pid), time.process_time()
+    after = cpu(pids), proc_stats(worker_pid), time.process_time()
     for task in listeners:
         task.cancel()
     for conn in conns:
@@ -110,7 +116,8 @@ async def run(
         "last_device_ms_p50": round(statistics.median(latencies), 1),
         "last_device_ms_p99": round(q[98], 1),
         "last_device_ms_max": round(latencies[-1], 1),
-        "server_cpu_s": round(after[0]["cpu_s"] - before[0]["cpu_s"], 2),
+        "server_processes": len(pids),
+        "server_cpu_s": round(after[0] - before[0], 2),
         "worker_main_cpu_s": round(after[1]["cpu_s"] - before[1]["cpu_s"], 2),
         "load_generator_cpu_s": round(after[2] - before[2], 2),
     }
@@ -120,6 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, default=256)
     parser.add_argument("--messages", type=int, default=30)
+    parser.add_argument("--processes", type=int, default=1, help="daphne processes")
     parser.add_argument(
         "--back-to-back",
         action="store_true",
@@ -128,16 +136,21 @@ def main() -> None:
     )
     args = parser.parse_args()
     env = bench_env()
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        daphne(env, Path(tmp) / "daphne.log") as (
-            url,
-            pid,
-        ),
-        celery_worker(env, Path(tmp) / "worker.log") as worker_pid,
-    ):
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        servers = [
+            stack.enter_context(daphne(env, Path(tmp) / f"daphne{n}.log"))
+            for n in range(args.processes)
+        ]
+        worker_pid = stack.enter_context(celery_worker(env, Path(tmp) / "worker.log"))
         report = asyncio.run(
-            run(url, pid, worker_pid, args.members, args.messages, not args.back_to_back)
+            run(
+                [url for url, _ in servers],
+                [pid for _, pid in servers],
+                worker_pid,
+                args.members,
+                args.messages,
+                not args.back_to_back,
+            )
         )
     print(json.dumps(report))
     width = max(len(k) for k in report)

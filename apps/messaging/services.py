@@ -472,16 +472,19 @@ def _mark_delivered(acked: dict[int, set[int]]) -> None:
     )
     if with_group_body:
         _group_body_release(with_group_body)
-    pairs = Q()
-    for user_id, ids_ in acked.items():
-        pairs |= Q(user_id=user_id, message_id__in=ids_)
-    # Locked in id order, so two processes acking for one user never deadlock.
-    fresh = list(
+    # One plain IN query for the whole batch (a long OR of pairs compiles slowly);
+    # the pairs are picked out below.
+    candidates = (
         Receipt.objects.select_for_update(of=("self",))
-        .filter(pairs, delivered_at__isnull=True)
-        .order_by("id")
-        .values_list("id", "user_id", "message__conversation_id")
+        .filter(user_id__in=acked, message_id__in=message_ids, delivered_at__isnull=True)
+        .order_by("id")  # locked in id order: two processes never deadlock
+        .values_list("id", "user_id", "message_id", "message__conversation_id")
     )
+    fresh = [
+        (receipt_id, user_id, conversation_id)
+        for receipt_id, user_id, message_id, conversation_id in candidates
+        if message_id in acked[user_id]
+    ]
     if not fresh:
         return  # another device of these users got there first
     Receipt.objects.filter(id__in=[r[0] for r in fresh]).update(delivered_at=now)
@@ -499,12 +502,16 @@ def _advance_delivered(touched: dict[int, set[int]], *, at: datetime) -> None:
     device of theirs has not acked (one that only an offline device holds, say).
     `touched` maps a user to the conversations whose receipts just changed.
     """
-    pairs = Q()
-    for user_id, conversation_ids in touched.items():
-        pairs |= Q(user_id=user_id, conversation_id__in=conversation_ids)
     if not touched:
         return
-    memberships = list(Membership.objects.select_for_update().filter(pairs).order_by("id"))
+    all_conversations = set().union(*touched.values())
+    memberships = [
+        m
+        for m in Membership.objects.select_for_update()
+        .filter(user_id__in=touched, conversation_id__in=all_conversations)
+        .order_by("id")
+        if m.conversation_id in touched[m.user_id]
+    ]
     conversation_ids = {m.conversation_id for m in memberships}
     # last_seq is read before the pending receipts: a message committed in between
     # then has its receipt seen as pending, and is never counted as delivered.
@@ -547,21 +554,29 @@ def _receipt_notify(
     `ranges` maps (the user who got or read them, conversation) to the seqs
     (low, high] that just turned `status`.
     """
-    in_range = Q()
-    for (by_user_id, cid), (low, high) in ranges.items():
-        clause = Q(conversation_id=cid, seq__gt=low, seq__lte=high) & ~Q(sender_user_id=by_user_id)
-        if status == "delivered":
-            # A range may hold expired messages too: only senders with something
-            # that really arrived hear "delivered" (the others were told "expired").
-            clause &= Q(receipts__user_id=by_user_id, receipts__delivered_at__isnull=False)
-        else:
-            clause &= Q(receipts__user_id=by_user_id)
-        in_range |= clause
-    notices = set(
-        Message.objects.filter(in_range)
-        .values_list("receipts__user_id", "conversation_id", "sender_user_id")
-        .distinct()
-    )
+    # One clause per conversation (its readers' ranges merged), the exact ranges
+    # picked out below: an OR per (reader, conversation) compiles slowly when a
+    # batch holds 255 readers of one group.
+    spans: dict[int, tuple[int, int]] = {}
+    for (_, cid), (lo, hi) in ranges.items():
+        known = spans.get(cid, (lo, hi))
+        spans[cid] = (min(known[0], lo), max(known[1], hi))
+    in_spans = Q()
+    for cid, (lo, hi) in spans.items():
+        in_spans |= Q(conversation_id=cid, seq__gt=lo, seq__lte=hi)
+    readers = {user_id for user_id, _ in ranges}
+    candidates = Message.objects.filter(in_spans, receipts__user_id__in=readers)
+    if status == "delivered":
+        # A range may hold expired messages too: only senders with something that
+        # really arrived hear "delivered" (the others were told "expired").
+        candidates = candidates.filter(receipts__delivered_at__isnull=False)
+    notices = set()
+    for reader, cid, sender_id, seq in candidates.values_list(
+        "receipts__user_id", "conversation_id", "sender_user_id", "seq"
+    ):
+        span = ranges.get((reader, cid))
+        if span and span[0] < seq <= span[1] and sender_id != reader:
+            notices.add((reader, cid, sender_id))
     if not notices:
         return
     devices_by_user = defaultdict(list)
