@@ -167,17 +167,31 @@ def _message_store(
             extra=sorted(ids.encode(ids.DEVICE, d) for d in extra),
         )
 
-    seq = conversation_next_seq(conversation_id)
+    return _message_write(
+        seq=conversation_next_seq(conversation_id),
+        recipients=members,
+        sender_device=sender_device,
+        conversation_id=conversation_id,
+        client_id=client_id,
+        kind=kind,
+        ciphertexts=ciphertexts,
+        reply_to_seq=reply_to_seq,
+    )
+
+
+def _message_write(
+    *, seq, recipients, sender_device, conversation_id, ciphertexts, reply_to_seq, **fields
+) -> Message:
+    """Write a message at `seq`, its pairwise inbox rows and a receipt per recipient user."""
     if reply_to_seq is not None and reply_to_seq >= seq:
         raise BadRequest("reply_to_seq must name an earlier message.", field="reply_to_seq")
     message = Message.objects.create(
         conversation_id=conversation_id,
         seq=seq,
-        sender_user_id=sender_user_id,
+        sender_user_id=sender_device.user_id,
         sender_device=sender_device,
-        client_id=client_id,
-        kind=kind,
         reply_to_seq=reply_to_seq,
+        **fields,
     )
     inbox_append(
         [
@@ -191,8 +205,9 @@ def _message_store(
             for c in ciphertexts
         ]
     )
-    recipients = [u for u in members if u != sender_user_id]
-    Receipt.objects.bulk_create([Receipt(message=message, user_id=u) for u in recipients])
+    Receipt.objects.bulk_create(
+        [Receipt(message=message, user_id=u) for u in recipients if u != sender_device.user_id]
+    )
     return message
 
 
@@ -228,34 +243,18 @@ def _group_message_store(
             raise DeviceMismatch(
                 missing=[], extra=sorted(ids.encode(ids.DEVICE, d) for d in set(given) - allowed)
             )
-    if reply_to_seq is not None and reply_to_seq >= seq:
-        raise BadRequest("reply_to_seq must name an earlier message.", field="reply_to_seq")
-    message = Message.objects.create(
-        conversation_id=conversation_id,
+    # Receipts fix the recipients at this seq: the fan-out writes to their devices.
+    message = _message_write(
         seq=seq,
-        sender_user_id=sender_device.user_id,
+        recipients=members,
         sender_device=sender_device,
+        conversation_id=conversation_id,
         client_id=client_id,
         kind=kind,
+        ciphertexts=ciphertexts,
         reply_to_seq=reply_to_seq,
         group_body=group_body,
         fanout_pending=True,
-    )
-    inbox_append(
-        [
-            InboxEntry(
-                device_id=c.device_id,
-                type=InboxEntry.Type.MESSAGE,
-                message=message,
-                envelope=c.envelope,
-                body=c.body,
-            )
-            for c in ciphertexts
-        ]
-    )
-    # Receipts fix the recipients at this seq: the fan-out writes to their devices.
-    Receipt.objects.bulk_create(
-        [Receipt(message=message, user_id=u) for u in members if u != sender_device.user_id]
     )
     events.fanout_on_commit(message_id=message.id)
     return message
