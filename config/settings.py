@@ -109,6 +109,7 @@ if DATABASE_URL:
             "max_size": env_int("DB_POOL_MAX", 20),
             "timeout": 10,
         }
+
 else:
     VAR_DIR.mkdir(exist_ok=True)
     DATABASES = {
@@ -237,6 +238,21 @@ NATTER = {
     # A socket that keeps sending bad frames is closed with 4429.
     "ABUSE_ERRORS": env_int("SOCKET_ABUSE_ERRORS", 30),
     "ABUSE_WINDOW_S": 10,
+    # Presence and typing (PROTOCOL §6; docs/operations.md, "Presence").
+    # A registry entry lives this long after its device's last heartbeat, so a
+    # crashed process's devices turn offline by themselves.
+    "PRESENCE_TTL_S": env_int("PRESENCE_TTL_S", 3 * env_int("HEARTBEAT_S", 30)),
+    # Offline is announced this long after the last device went away, and not at
+    # all if one comes back first: flapping networks do not flood watchers.
+    "PRESENCE_GRACE_S": env_int("PRESENCE_GRACE_S", 5),
+    # How often some server process looks for expired entries and due offlines.
+    "PRESENCE_SWEEP_S": env_int("PRESENCE_SWEEP_S", 5),
+    "PRESENCE_MAX_SUBSCRIPTIONS": 100,
+    # The registry may live on a Redis of its own; REDIS_URL by default.
+    "PRESENCE_REDIS_URL": os.environ.get("PRESENCE_REDIS_URL", "") or REDIS_URL,
+    "TYPING_RATE": env_int("TYPING_RATE_PER_10S", 10),
+    "TYPING_MAX_MEMBERS": 50,
+    "TYPING_EXPIRES_S": 10,
 }
 
 # A REST body is held to the WebSocket's frame limit; larger ones get 413 too_large.

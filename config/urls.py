@@ -11,5 +11,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/", include("apps.accounts.urls")),
     path("api/v1/", include("apps.messaging.urls")),
+    path("api/v1/", include("apps.presence.urls")),
     path("api/v1/", include("apps.groups.urls")),
 ]

@@ -2,13 +2,16 @@
 
 import orjson
 
+# Validation errors of list fields are keyed by index (ints): allow non-str keys.
+_OPTIONS = orjson.OPT_NON_STR_KEYS
+
 
 def dumps(obj) -> str:
-    return orjson.dumps(obj).decode()
+    return orjson.dumps(obj, option=_OPTIONS).decode()
 
 
 def dumpb(obj) -> bytes:
-    return orjson.dumps(obj)
+    return orjson.dumps(obj, option=_OPTIONS)
 
 
 def loads(data: str | bytes):

@@ -5,16 +5,17 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from apps.accounts.scope_auth import device_for_scope
 from apps.common import jsonutil
+from apps.common.db import db_call
 from apps.common.errors import OUTAGES, BadRequest, NatterError, TooLarge, Unavailable, UnknownType
 from apps.common.validation import validated
-from apps.messaging import selectors, serializers, services
+from apps.messaging import batching, selectors, serializers, services
 from apps.messaging.events import device_group
+from apps.presence.consumers import PresenceSocketMixin
 
 logger = logging.getLogger("natter.ws")
 
@@ -23,7 +24,7 @@ CLOSE_ELSEWHERE = 4409
 CLOSE_ABUSE = 4429
 
 
-class InboxConsumer(AsyncWebsocketConsumer):
+class InboxConsumer(PresenceSocketMixin, AsyncWebsocketConsumer):
     """Push a device's inbox with at most `window` unacknowledged events in flight."""
 
     async def connect(self):
@@ -57,12 +58,12 @@ class InboxConsumer(AsyncWebsocketConsumer):
                 "server_time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
             }
         )
-        self.drain_target = await database_sync_to_async(selectors.inbox_last_cursor)(
-            device_id=self.device.id
-        )
+        await self.presence_open()
+        self.drain_target = await db_call(selectors.inbox_last_cursor)(device_id=self.device.id)
         await self.pump()
 
     async def disconnect(self, code):
+        await self.presence_close()
         if getattr(self, "group", None):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -71,6 +72,7 @@ class InboxConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data=None, bytes_data=None):
         ref = None
         try:
+            await self.presence_heard()
             if text_data is None:
                 raise BadRequest("Frames must be JSON text.")
             if _utf8_length(text_data) > settings.NATTER["FRAME_MAX_BYTES"]:
@@ -99,7 +101,7 @@ class InboxConsumer(AsyncWebsocketConsumer):
 
     async def on_send(self, frame, ref):
         data = validated(serializers.MessageSendSerializer, frame)
-        result = await database_sync_to_async(services.message_send)(
+        result = await db_call(services.message_send)(
             sender_device=self.device, **serializers.send_arguments(data)
         )
         await self.send_frame({"type": "ack", "ref": ref, **result.as_ack()})
@@ -111,14 +113,14 @@ class InboxConsumer(AsyncWebsocketConsumer):
         while self.in_flight and self.in_flight[0] <= cursor:
             self.in_flight.popleft()
         if cursor > 0:
-            await database_sync_to_async(services.inbox_ack)(device=self.device, cursor=cursor)
+            await batching.inbox_ack(self.device, cursor)
         if ref is not None:
             await self.send_frame({"type": "ok", "ref": ref})
         await self.pump()
 
     async def on_read(self, frame, ref):
         data = validated(serializers.ReadSerializer, frame)
-        read_seq = await database_sync_to_async(services.conversation_read)(
+        read_seq = await db_call(services.conversation_read)(
             device=self.device, conversation_id=data["conversation"], up_to_seq=data["up_to_seq"]
         )
         if ref is not None:
@@ -131,7 +133,13 @@ class InboxConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.pump()
 
-    FRAME_HANDLERS = {"send": on_send, "ack": on_ack, "read": on_read, "ping": on_ping}
+    FRAME_HANDLERS = {
+        "send": on_send,
+        "ack": on_ack,
+        "read": on_read,
+        "ping": on_ping,
+        **PresenceSocketMixin.PRESENCE_FRAME_HANDLERS,
+    }
 
     # --- channel layer events -------------------------------------------------------
 
@@ -153,9 +161,7 @@ class InboxConsumer(AsyncWebsocketConsumer):
         room = self.window - len(self.in_flight)
         if room <= 0:
             return
-        page = await database_sync_to_async(selectors.inbox_after)(
-            device_id=self.device.id, after_cursor=self.pushed_cursor, limit=room
-        )
+        page = await batching.inbox_after(self.device.id, self.pushed_cursor, room)
         for item in page:
             await self.send(text_data=jsonutil.dumps({"type": "event", **item}))
             self.pushed_cursor = item["cursor"]

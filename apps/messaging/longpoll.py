@@ -9,19 +9,20 @@ never across the wait (trap 3).
 import asyncio
 from urllib.parse import parse_qsl
 
-from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 
 from apps.accounts.scope_auth import device_for_scope
 from apps.common import jsonutil
+from apps.common.db import db_call
 from apps.common.errors import OUTAGES, MethodNotAllowed, NatterError, Unauthorized, Unavailable
 from apps.common.validation import validated
 from apps.messaging import serializers, services
 from apps.messaging.events import device_group
+from apps.presence.consumers import PresencePollMixin
 
 
-class EventsLongPollConsumer(AsyncHttpConsumer):
+class EventsLongPollConsumer(PresencePollMixin, AsyncHttpConsumer):
     group: str | None = None
     timer: asyncio.TimerHandle | None = None
 
@@ -37,15 +38,18 @@ class EventsLongPollConsumer(AsyncHttpConsumer):
             query = dict(parse_qsl(self.scope.get("query_string", b"").decode("latin-1")))
             params = validated(serializers.EventsQuerySerializer, query)
             self.limit = params["limit"]
+            # The request is the device's heartbeat; it also learns missed presence changes.
+            await self.presence_poll_start(timeout=params["timeout"])
             # Join before reading, so a ring between the read and the join is not missed.
             self.group = device_group(self.device.id)
             await self.channel_layer.group_add(self.group, self.channel_name)
-            page = await database_sync_to_async(services.inbox_poll)(
+            page = await db_call(services.inbox_poll)(
                 device=self.device, cursor=params["cursor"], limit=self.limit
             )
             self.cursor = page["next_cursor"]
-            if page["events"] or params["timeout"] == 0:
+            if page["events"] or self.ephemeral or params["timeout"] == 0:
                 await self.finish(page)
+            await self.presence_poll_wait()
             loop = asyncio.get_running_loop()
             self.timer = loop.call_later(params["timeout"], self._timed_out)
         except NatterError as error:
@@ -60,7 +64,7 @@ class EventsLongPollConsumer(AsyncHttpConsumer):
 
     async def inbox_ring(self, message):
         try:
-            page = await database_sync_to_async(services.inbox_page)(
+            page = await db_call(services.inbox_page)(
                 device=self.device, after_cursor=self.cursor, limit=self.limit
             )
         except OUTAGES:
@@ -80,7 +84,12 @@ class EventsLongPollConsumer(AsyncHttpConsumer):
         """A WebSocket of the same device opened; a long-poll is not affected."""
 
     async def finish(self, body: dict):
-        await self.send_json(200, body, [])
+        await self.presence_poll_answered()
+        await self.send_json(200, {**body, "ephemeral": self.ephemeral}, [])
+
+    async def answer_ephemeral(self):
+        """A typing or presence notice arrived during the wait: answer with it now."""
+        await self.finish({"events": [], "next_cursor": self.cursor, "has_more": False})
 
     async def respond_error(self, error: NatterError, status: int | None = None):
         headers = []
@@ -108,6 +117,7 @@ class EventsLongPollConsumer(AsyncHttpConsumer):
         if self.group is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
             self.group = None
+        await self.presence_poll_leave()
 
     async def http_disconnect(self, message):
         await self.leave()

@@ -1,1 +1,1 @@
-"""Presence: an empty shell today; its own issue fills it (see ARCHITECTURE.md)."""
+"""Presence: connection registry, heartbeats, presence subscriptions and typing."""

@@ -253,3 +253,15 @@ async def test_read_frame_moves_the_pointer(people):
     )
     assert (await frames_until(ws, "ok"))[-1] == {"type": "ok", "ref": "r", "read_seq": 1}
     await ws.disconnect()
+
+
+async def test_an_error_in_a_list_item_is_reported_not_crashed_on(people):
+    alice, bob, a1, b1, conversation = await make_chat(people)
+    ws, _ = await connected(a1)
+    await frames_until(ws, "drained")
+    frame = send_frame(conversation, b1)
+    frame["ciphertexts"][0]["envelope"] = "carrier-pigeon"
+    await ws.send_json_to(frame)
+    error = await ws.receive_json_from()
+    assert error["code"] == "bad_request" and "ciphertexts" in error["fields"]
+    await ws.disconnect()

@@ -1,0 +1,75 @@
+"""Staff see the connection registry in the admin: devices per process, a user's devices."""
+
+import time
+
+import pytest
+from django.test import Client
+
+from apps.presence.store import get_store
+
+pytestmark = pytest.mark.django_db
+
+PAGE = "/admin/presence/connecteddevice/"
+
+
+@pytest.fixture
+def staff(people):
+    user = people.user("staffer")
+    user.is_staff = user.is_superuser = True
+    user.save()
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def connect(device, process: str, transport: str = "ws"):
+    now = time.time()
+    get_store().touch(
+        user_id=device.user_id,
+        device_id=device.id,
+        conn="c",
+        process=process,
+        transport=transport,
+        since=now,
+        ttl_s=60,
+        now=now,
+        first=True,
+        visibility="everyone",
+    )
+
+
+def test_staff_see_devices_per_process_and_the_devices_of_a_user(staff, people):
+    alice, bob = people.user("alice"), people.user("bob")
+    phone, laptop = people.device(alice, "alice-phone"), people.device(alice, "alice-laptop")
+    connect(phone, "web-1:100:aaaa")
+    connect(laptop, "web-2:200:bbbb", transport="longpoll")
+    connect(people.device(bob, "bob-cli"), "web-2:200:bbbb")
+
+    page = staff.get(PAGE)
+    assert page.status_code == 200
+    rows = {p["process"]: p["devices"] for p in page.context["processes"]}
+    # Other live processes (a test server of another test, say) may be listed too.
+    assert {p: rows.get(p) for p in ("web-1:100:aaaa", "web-2:200:bbbb")} == {
+        "web-1:100:aaaa": 1,
+        "web-2:200:bbbb": 2,
+    }
+    assert page.context["total"] == sum(rows.values())
+    assert b"web-2:200:bbbb" in page.content
+
+    mine = staff.get(PAGE, {"user": alice.username})
+    found = {(d["device"].name, d["transport"], d["process"]) for d in mine.context["devices"]}
+    assert found == {
+        ("alice-phone", "ws", "web-1:100:aaaa"),
+        ("alice-laptop", "longpoll", "web-2:200:bbbb"),
+    }
+    assert b"alice-laptop" in mine.content
+
+    on_two = staff.get(PAGE, {"process": "web-2:200:bbbb"})
+    assert {d["device"].name for d in on_two.context["devices"]} == {"alice-laptop", "bob-cli"}
+    assert b"Connected devices" in staff.get("/admin/").content
+
+
+def test_the_registry_page_is_for_staff_only(people):
+    client = Client()
+    client.force_login(people.user("plain"))
+    assert client.get(PAGE).status_code == 302
