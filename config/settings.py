@@ -233,6 +233,8 @@ NATTER = {
     "SEND_RATE": env_int("SEND_RATE_PER_MINUTE", 600),
     "RETENTION_DAYS": env_int("RETENTION_DAYS", 30),
     "GROUP_MAX_MEMBERS": env_int("GROUP_MAX_MEMBERS", 256),
+    # A socket's ack waits this long for others of the same burst to commit with.
+    "ACK_GATHER_MS": env_int("ACK_GATHER_MS", 50),
     # A group message whose fan-out has not finished after this long is queued again.
     "FANOUT_STALE_S": env_int("FANOUT_STALE_S", 5),
     # A socket that keeps sending bad frames is closed with 4429.

@@ -9,6 +9,8 @@ message at once). At low load a batch holds a single call, as before.
 import asyncio
 import weakref
 
+from django.conf import settings
+
 from apps.common.db import db_call
 from apps.messaging import selectors, services
 
@@ -16,10 +18,14 @@ from apps.messaging import selectors, services
 class _Batcher:
     """Collect calls while a batch runs; run the next batch with all of them."""
 
-    def __init__(self, run_batch):
+    def __init__(self, run_batch, *, gather_s: float = 0.0):
         self.run_batch = run_batch  # list of requests -> list of results, same order
+        # How long a batch waits for company before it runs: a few milliseconds of
+        # latency that turn a burst of calls into one batch.
+        self.gather_s = gather_s
         self.pending: list[tuple[object, asyncio.Future]] = []
         self.running = False
+        self.batches = 0  # how many batches ran (and so how many transactions)
 
     async def call(self, request):
         future = asyncio.get_running_loop().create_future()
@@ -32,7 +38,10 @@ class _Batcher:
     async def _drain(self) -> None:
         try:
             while self.pending:
+                if self.gather_s:
+                    await asyncio.sleep(self.gather_s)
                 batch, self.pending = self.pending, []
+                self.batches += 1
                 try:
                     results = await db_call(self.run_batch)([request for request, _ in batch])
                 except Exception as error:  # every waiting socket reports it
@@ -60,7 +69,9 @@ def _batchers() -> dict:
     batchers = _loops.get(loop)
     if batchers is None:
         batchers = _loops[loop] = {
-            "ack": _Batcher(_ack_batch),
+            # An ack only deletes what was delivered and moves receipts: waiting a
+            # little for the acks of the same burst is cheap and saves transactions.
+            "ack": _Batcher(_ack_batch, gather_s=settings.NATTER["ACK_GATHER_MS"] / 1000),
             "read": _Batcher(selectors.inbox_after_many),
         }
     return batchers

@@ -1,5 +1,6 @@
 """The WebSocket: one socket per device, pushing its inbox in order (PROTOCOL §5, §8)."""
 
+import asyncio
 import collections
 import logging
 import time
@@ -42,6 +43,7 @@ class InboxConsumer(PresenceSocketMixin, AsyncWebsocketConsumer):
         self.in_flight: collections.deque[int] = collections.deque()
         self.errors: collections.deque[float] = collections.deque()
         self.drained_sent = False
+        self.more_waiting = True
         await self.channel_layer.group_add(self.group, self.channel_name)
         # The newest socket of a device wins; older ones hear this and close (4409).
         await self.channel_layer.group_send(
@@ -113,10 +115,17 @@ class InboxConsumer(PresenceSocketMixin, AsyncWebsocketConsumer):
         while self.in_flight and self.in_flight[0] <= cursor:
             self.in_flight.popleft()
         if cursor > 0:
-            await batching.inbox_ack(self.device, cursor)
+            # The next push reads after what was pushed, not after what was acked, so
+            # it need not wait for the ack's commit (which gathers a burst of acks).
+            commit = asyncio.ensure_future(batching.inbox_ack(self.device, cursor))
+            if ref is not None:
+                await commit
+            else:
+                commit.add_done_callback(_report_ack_failure)
         if ref is not None:
             await self.send_frame({"type": "ok", "ref": ref})
-        await self.pump()
+        if self.more_waiting:  # the window was full: the ack made room
+            await self.pump()
 
     async def on_read(self, frame, ref):
         data = validated(serializers.ReadSerializer, frame)
@@ -160,6 +169,7 @@ class InboxConsumer(PresenceSocketMixin, AsyncWebsocketConsumer):
         """Push waiting events while the window has room; say `drained` once."""
         room = self.window - len(self.in_flight)
         if room <= 0:
+            self.more_waiting = True
             return
         page = await batching.inbox_after(self.device.id, self.pushed_cursor, room)
         for item in page:
@@ -167,6 +177,8 @@ class InboxConsumer(PresenceSocketMixin, AsyncWebsocketConsumer):
             self.pushed_cursor = item["cursor"]
             self.in_flight.append(item["cursor"])
         exhausted = len(page) < room
+        # Until a doorbell rings, there is nothing to look for once the inbox ran out.
+        self.more_waiting = not exhausted
         if not self.drained_sent and (exhausted or self.pushed_cursor >= self.drain_target):
             self.drained_sent = True
             await self.send_frame({"type": "drained"})
@@ -197,3 +209,9 @@ def _utf8_length(text: str) -> int:
     if len(text) * 4 <= settings.NATTER["FRAME_MAX_BYTES"]:
         return len(text)
     return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _report_ack_failure(commit: "asyncio.Future") -> None:
+    # Nothing is lost when an ack fails: its rows stay and come back on reconnect.
+    if not commit.cancelled() and commit.exception() is not None:
+        logger.warning("an ack could not be committed: %s", commit.exception())
