@@ -47,6 +47,20 @@ class LongPollConnection(Connection):
                 )
         self._finish()
 
+    async def subscribe_presence(self, user_ids: list[str]) -> None:
+        """Watch these users (replaces the set, at most 100); snapshots come as ephemeral."""
+        answer = await self.http.request(
+            "PUT", "/api/v1/presence/subscriptions", json={"user_ids": list(user_ids)}
+        )
+        for notice in answer.get("presence", []):
+            self._put_ephemeral(notice)
+
+    async def typing(self, conversation: str, state: str = "composing") -> None:
+        """Tell the conversation's other members you are typing (or stopped); never retried."""
+        await self.http.request(
+            "POST", "/api/v1/typing", json={"conversation": conversation, "state": state}
+        )
+
     async def _poll(self, timeout: float) -> tuple[int, int]:
         """Fetch one page (acking everything up to our ack target); return (new, total)."""
         cursor = self._ack_target

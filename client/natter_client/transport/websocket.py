@@ -80,6 +80,14 @@ class WebSocketConnection(Connection):
             raise ConnectionClosed("not connected")
         self._spawn(self._send_quietly(self._ws, json.dumps(frame)))
 
+    async def subscribe_presence(self, user_ids: list[str]) -> None:
+        """Watch these users (replaces the set, at most 100); snapshots come as ephemeral."""
+        self.send_frame({"type": "presence.subscribe", "user_ids": list(user_ids)})
+
+    async def typing(self, conversation: str, state: str = "composing") -> None:
+        """Tell the conversation's other members you are typing (or stopped); never retried."""
+        self.send_frame({"type": "typing", "conversation": conversation, "state": state})
+
     @staticmethod
     async def _send_quietly(ws: websockets.ClientConnection, text: str) -> None:
         with contextlib.suppress(WsClosed):
