@@ -67,5 +67,18 @@ def people():
     return People()
 
 
+@pytest.fixture
+def staff(people):
+    """A browser logged in to the admin as a superuser."""
+    from django.test import Client
+
+    user = people.user("staffer")
+    user.is_staff = user.is_superuser = True
+    user.save()
+    client = Client()
+    client.force_login(user)
+    return client
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()

@@ -11,16 +11,6 @@ from tests.messaging.helpers import send
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def staff(people):
-    user = people.user("staffer")
-    user.is_staff = user.is_superuser = True
-    user.save()
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 def test_staff_see_users_devices_and_can_search_and_filter(staff, people):
     alice = people.user("alice")
     device = people.device(alice, "alice-phone")

@@ -1,7 +1,6 @@
 """The groups REST API and the admin, through Django's test client on Postgres."""
 
 import pytest
-from django.test import Client
 from rest_framework.test import APIClient
 
 from apps.messaging.models import InboxEntry, Membership
@@ -142,15 +141,11 @@ def test_receipts_endpoint_is_for_the_sender_only(crew):
     assert api(devices[1]).get(f"/api/v1/messages/{message_id}/receipts").status_code == 404
 
 
-def test_staff_add_and_remove_members_in_the_admin_with_the_same_events(crew, people):
+def test_staff_add_and_remove_members_in_the_admin_with_the_same_events(crew, people, staff):
     users, devices = crew
     group = create(devices, users)
     gid = int(group["id"][2:])
-    staff = people.user("staffer")
-    staff.is_staff = staff.is_superuser = True
-    staff.save()
-    browser = Client()
-    browser.force_login(staff)
+    browser = staff
     dave = people.user("dave")
     dave_device = people.device(dave)
     assert browser.get("/admin/groups/group/").status_code == 200

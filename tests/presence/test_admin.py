@@ -12,16 +12,6 @@ pytestmark = pytest.mark.django_db
 PAGE = "/admin/presence/connecteddevice/"
 
 
-@pytest.fixture
-def staff(people):
-    user = people.user("staffer")
-    user.is_staff = user.is_superuser = True
-    user.save()
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 def connect(device, process: str, transport: str = "ws"):
     now = time.time()
     get_store().touch(
