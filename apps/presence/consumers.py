@@ -233,4 +233,5 @@ class PresencePollMixin:
         await self.answer_ephemeral()
 
     async def answer_ephemeral(self):
-        raise NotImplementedError
+        """The consumer's hook: answer a waiting poll with the collected notices."""
+        raise NotImplementedError("the long-poll consumer answers its own poll")

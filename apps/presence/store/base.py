@@ -23,6 +23,7 @@ What is kept (Redis keys under `presence:`):
 """
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -76,64 +77,64 @@ def parse_record(value: str | None) -> dict | None:
     }
 
 
-class PresenceStore:
+class PresenceStore(ABC):
     """The interface. Async forms default to the sync ones (fine for memory)."""
 
+    @abstractmethod
     def touch(self, **kw) -> "Touched":
         """Register or refresh a device's entry."""
-        raise NotImplementedError
 
+    @abstractmethod
     def release(self, **kw) -> bool:
         """Drop this connection's entry; True if the user has no device left."""
-        raise NotImplementedError
 
+    @abstractmethod
     def settle(self, *, user_id: int, now: float) -> tuple[str, str] | None:
         """Claim a due offline announcement; return (last_seen, visibility) to announce."""
-        raise NotImplementedError
 
+    @abstractmethod
     def expire(self, *, now: float, ttl_s: float, limit: int) -> list[Expired]:
         """Claim entries past their expiry; users left without a device become due."""
-        raise NotImplementedError
 
-    def due(self, *, now: float, limit: int) -> list[int]:
-        raise NotImplementedError
+    @abstractmethod
+    def due(self, *, now: float, limit: int) -> list[int]: ...
 
-    def statuses(self, *, user_ids: list[int], now: float) -> dict[int, UserPresence]:
-        raise NotImplementedError
+    @abstractmethod
+    def statuses(self, *, user_ids: list[int], now: float) -> dict[int, UserPresence]: ...
 
-    def set_visibility(self, *, user_id: int, visibility: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def set_visibility(self, *, user_id: int, visibility: str) -> None: ...
 
+    @abstractmethod
     def hit(self, *, key: str, limit: int, period_s: float, now: float) -> int:
         """Count a hit; return 0 if allowed, else the seconds to wait."""
-        raise NotImplementedError
 
-    def try_lock(self, *, name: str, ttl_s: float) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def try_lock(self, *, name: str, ttl_s: float) -> bool: ...
 
-    def watches_replace(self, *, device_id: int, entries: dict[int, str], ttl_s: int) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def watches_replace(self, *, device_id: int, entries: dict[int, str], ttl_s: int) -> None: ...
 
-    def watches_get(self, *, device_id: int, ttl_s: int) -> dict[int, str]:
-        raise NotImplementedError
+    @abstractmethod
+    def watches_get(self, *, device_id: int, ttl_s: int) -> dict[int, str]: ...
 
+    @abstractmethod
     def watches_update(self, *, device_id: int, entries: dict[int, str]) -> None:
         """Overwrite entries that are still subscribed (a PUT may have replaced the set)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def processes(self, *, now: float) -> list[tuple[str, int, float]]:
         """(process, connected devices, latest expiry) of every live process."""
-        raise NotImplementedError
 
-    def devices_of_user(self, *, user_id: int, now: float) -> list[dict]:
-        raise NotImplementedError
+    @abstractmethod
+    def devices_of_user(self, *, user_id: int, now: float) -> list[dict]: ...
 
-    def devices_on_process(self, *, process: str, now: float, limit: int) -> list[dict]:
-        raise NotImplementedError
+    @abstractmethod
+    def devices_on_process(self, *, process: str, now: float, limit: int) -> list[dict]: ...
 
+    @abstractmethod
     def prune(self, *, now: float) -> None:
         """Forget processes whose every entry has expired."""
-        raise NotImplementedError
 
     async def atouch(self, **kw):
         return self.touch(**kw)
