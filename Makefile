@@ -16,6 +16,7 @@ VENV_PY := $(VENV)/bin/python
 # interpreter has gone away.
 STAMP   := $(VENV)/.natter-installed
 INSTALL_INPUTS := requirements.txt requirements-dev.txt $(wildcard client/pyproject.toml)
+NODE_STAMP := node_modules/.natter-installed
 
 # make run
 HOST ?= 127.0.0.1
@@ -101,8 +102,20 @@ help:
 	  "  TEST_REDIS_URL=$(TEST_REDIS_URL)" \
 	  "  (make test uses DATABASE_URL / REDIS_URL instead when they are set)"
 
-install: $(STAMP)
+install: $(STAMP) $(NODE_STAMP)
 	@:
+
+# The browser's JavaScript dependencies (libsodium-wrappers), exactly as
+# package-lock.json pins them; served as static files, no bundler.
+$(NODE_STAMP): package.json package-lock.json
+	@if ! command -v npm >/dev/null 2>&1; then
+	  echo "error: npm (Node.js >= 20) is needed for the web UI's libraries;" \
+	       "on Debian/Ubuntu: apt-get install nodejs npm" >&2
+	  exit 1
+	fi
+	echo "install: npm ci"
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
 
 # Exists while the venv's interpreter does: a venv whose interpreter was removed
 # (a dangling symlink) counts as missing and forces the install below.
@@ -151,6 +164,8 @@ test: install
 	if [ $$status -eq 5 ]; then
 	  echo "make test: pytest collected no tests (exit 5); that counts as a failure" >&2
 	fi
+	echo "== node --test tests/js/ (the browser's crypto, on the shared vectors)"
+	node --test tests/js/ || status=1
 	exit $$status
 
 lint: install
@@ -171,4 +186,4 @@ clean:
 	rm -f var/celerybeat-schedule var/celerybeat-schedule.*
 
 distclean: clean
-	@rm -rf $(VENV)
+	@rm -rf $(VENV) node_modules

@@ -197,7 +197,13 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    # libsodium.js for the browser's end-to-end crypto, from npm (package-lock.json):
+    # the page's import map points the bare names at these ES modules.
+    ("vendor/libsodium-wrappers", BASE_DIR / "node_modules/libsodium-wrappers/dist/modules-esm"),
+    ("vendor/libsodium", BASE_DIR / "node_modules/libsodium/dist/modules-esm"),
+]
 
 # --- REST API ----------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -255,6 +261,15 @@ NATTER = {
     "TYPING_RATE": env_int("TYPING_RATE_PER_10S", 10),
     "TYPING_MAX_MEMBERS": 50,
     "TYPING_EXPIRES_S": 10,
+    # The key directory (PROTOCOL §2; docs/crypto.md).
+    "PREKEYS_PER_UPLOAD": 100,
+    "PREKEYS_MAX_STOCK": env_int("PREKEYS_MAX_STOCK", 1000),
+    "PREKEYS_LOW": 10,
+    # Claims per claiming device per minute: enough to open sessions with every
+    # member of a 256-member group at once, and per (claimer, user) so that one
+    # device cannot drain somebody's one-time prekeys.
+    "KEY_CLAIM_RATE": env_int("KEY_CLAIM_RATE_PER_MINUTE", 600),
+    "KEY_CLAIM_RATE_PER_USER": env_int("KEY_CLAIM_RATE_PER_USER_PER_MINUTE", 30),
 }
 
 # A REST body is held to the WebSocket's frame limit; larger ones get 413 too_large.

@@ -42,6 +42,14 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from natter_client.crypto import (
+    IdentityKeyPair,
+    SignedPreKey,
+    SystemRandom,
+    generate_one_time_prekeys,
+    to_b64,
+)
+
 PASSWORD = "correct horse battery staple"
 SHOWN_HEADERS = ("www-authenticate", "retry-after", "set-cookie")
 
@@ -207,7 +215,27 @@ class Party:
         self.token = data["token"]
         self.t.secret(self.token, "<token>")
         self.user_id, self.device_id = data["user"]["id"], data["device"]["id"]
+        await self.publish_keys()
         return data
+
+    async def publish_keys(self) -> None:
+        """Publish real keys, as every client does at once: until then nobody sends to us."""
+        rng = SystemRandom()
+        identity = IdentityKeyPair.generate(rng)
+        spk = SignedPreKey.generate(identity, 1, rng)
+        body = {
+            "identity_key": to_b64(identity.public),
+            "signed_prekey": {
+                "key_id": 1,
+                "public_key": to_b64(spk.public),
+                "signature": to_b64(spk.signature),
+            },
+            "one_time_prekeys": [
+                {"key_id": k.key_id, "public_key": to_b64(k.public)}
+                for k in generate_one_time_prekeys(1, 3, rng)
+            ],
+        }
+        await self.call("PUT", "/api/v1/keys", body, expect=200)
 
     # --- WebSocket --------------------------------------------------------------------
 

@@ -41,6 +41,47 @@ def _clear_rate_limits():
     yield
 
 
+def keys_upload_body(*, one_time: int = 0, start_id: int = 1) -> tuple[dict, object]:
+    """A valid `PUT /api/v1/keys` body with fresh keys, and the identity signing key."""
+    from nacl.public import PrivateKey
+    from nacl.signing import SigningKey
+
+    identity = SigningKey.generate()
+    spk = bytes(PrivateKey.generate().public_key)
+    body = {
+        "identity_key": b64(bytes(identity.verify_key)),
+        "signed_prekey": {
+            "key_id": 1,
+            "public_key": b64(spk),
+            "signature": b64(identity.sign(spk).signature),
+        },
+        "one_time_prekeys": [
+            {"key_id": start_id + i, "public_key": b64(bytes(PrivateKey.generate().public_key))}
+            for i in range(one_time)
+        ],
+    }
+    return body, identity
+
+
+def keys_publish(device, *, one_time: int = 0, start_id: int = 1):
+    """Upload a fresh identity key and signed prekey (and `one_time` prekeys) for a device."""
+    from nacl.public import PrivateKey
+    from nacl.signing import SigningKey
+
+    identity = SigningKey.generate()
+    spk = bytes(PrivateKey.generate().public_key)
+    account_services.keys_upload(
+        device=device,
+        identity_key=bytes(identity.verify_key),
+        signed_prekey=account_services.PreKeyUpload(1, spk, identity.sign(spk).signature),
+        one_time_prekeys=[
+            account_services.PreKeyUpload(start_id + i, bytes(PrivateKey.generate().public_key))
+            for i in range(one_time)
+        ],
+    )
+    return identity
+
+
 class People:
     """Makes users and logged-in devices the way clients do: through the services."""
 
@@ -54,11 +95,14 @@ class People:
             username=name, password="a long pass phrase 42", display_name=name.title()
         )
 
-    def device(self, user, name: str = "laptop"):
+    def device(self, user, name: str = "laptop", *, keys: bool = True):
+        """A logged-in device; with `keys`, it has published real keys as clients do."""
         device, token = account_services.device_login(
             username=user.username, password="a long pass phrase 42", device_name=name
         )
         device.token = token
+        if keys:
+            device.identity = keys_publish(device)
         return device
 
 

@@ -137,3 +137,57 @@ class UserDevicesApi(APIView):
                 for d in selectors.devices_active_of(user_id=user.id)
             ]
         )
+
+
+class KeysApi(APIView):
+    @extend_schema(
+        request=serializers.KeysUploadSerializer,
+        responses={
+            200: serializers.KeysCountSerializer,
+            400: OpenApiResponse(description="`bad_request` or `bad_signature`"),
+            409: OpenApiResponse(description="`duplicate_key_id` with `key_ids`"),
+        },
+        description=(
+            "Publish this device's identity key, signed prekey and up to 100 one-time"
+            " prekeys. The signed prekey's signature (Ed25519, over its 32 raw bytes) is"
+            " checked against the identity key."
+        ),
+    )
+    def put(self, request):
+        data = validated(serializers.KeysUploadSerializer, request.data)
+        spk = data.get("signed_prekey")
+        stock = services.keys_upload(
+            device=request.auth,
+            identity_key=data["identity_key"],
+            signed_prekey=services.PreKeyUpload(**spk) if spk else None,
+            one_time_prekeys=[services.PreKeyUpload(**k) for k in data["one_time_prekeys"]],
+        )
+        return Response({"one_time_prekeys": stock})
+
+
+class KeysCountApi(APIView):
+    @extend_schema(responses={200: serializers.KeysCountSerializer})
+    def get(self, request):
+        return Response({"one_time_prekeys": selectors.one_time_prekeys_count(device=request.auth)})
+
+
+class KeysClaimApi(APIView):
+    @extend_schema(
+        request=serializers.KeysClaimSerializer,
+        responses={
+            200: serializers.KeysClaimResultSerializer,
+            404: OpenApiResponse(description="`not_found`: no such user"),
+            429: OpenApiResponse(description="`rate_limited` with `retry_after`"),
+        },
+        description=(
+            "One bundle for every active device of the user that has published keys."
+            " Each one-time prekey is handed out once; when a device has none left its"
+            " bundle carries `one_time_prekey: null`."
+        ),
+    )
+    def post(self, request):
+        data = validated(serializers.KeysClaimSerializer, request.data)
+        bundles = services.keys_claim(
+            claimer=request.auth, user_id=data["user_id"], device_ids=data.get("device_ids")
+        )
+        return Response(serializers.KeysClaimResultSerializer({"bundles": bundles}).data)

@@ -75,3 +75,32 @@ class Device(models.Model):
     @staticmethod
     def hash_token(token: str) -> str:
         return hashlib.sha256(token.encode()).hexdigest()
+
+
+class SignedPreKey(models.Model):
+    """A device's current signed prekey (PROTOCOL §2), replaced by each upload of a new one."""
+
+    device = models.OneToOneField(
+        Device, primary_key=True, on_delete=models.CASCADE, related_name="signed_prekey"
+    )
+    key_id = models.BigIntegerField()
+    public_key = models.BinaryField(max_length=32)
+    signature = models.BinaryField(max_length=64)
+    uploaded_at = models.DateTimeField(auto_now=True)
+
+
+class OneTimePreKey(models.Model):
+    """One X25519 one-time prekey; deleted as it is claimed, so it is handed out once."""
+
+    id = models.BigAutoField(primary_key=True)
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="one_time_prekeys")
+    key_id = models.BigIntegerField()
+    public_key = models.BinaryField(max_length=32)
+    uploaded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device", "key_id"], name="accounts_otpk_device_key_id"
+            ),
+        ]

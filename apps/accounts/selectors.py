@@ -1,4 +1,4 @@
-from apps.accounts.models import Device, User
+from apps.accounts.models import Device, OneTimePreKey, User
 
 
 def device_for_token(*, token: str) -> Device | None:
@@ -41,3 +41,7 @@ def devices_active_of(*, user_id: int) -> list[Device]:
 def user_public(user: User) -> dict:
     """The public profile of a user: what anybody who knows the handle may see."""
     return {"id": user.public_id, "username": user.username, "display_name": user.display_name}
+
+
+def one_time_prekeys_count(*, device: Device) -> int:
+    return OneTimePreKey.objects.filter(device=device).count()

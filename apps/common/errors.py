@@ -36,6 +36,11 @@ class UnknownType(BadRequest):
     message = "Unknown frame type."
 
 
+class BadSignature(BadRequest):
+    code = "bad_signature"
+    message = "The signed prekey's signature does not verify against the identity key."
+
+
 class Unauthorized(NatterError):
     code = "unauthorized"
     status = 401
@@ -72,6 +77,14 @@ class Conflict(NatterError):
     code = "conflict"
     status = 409
     message = "The request conflicts with the current state."
+
+
+class DuplicateKeyId(Conflict):
+    code = "duplicate_key_id"
+    message = "These one-time prekey ids are already uploaded."
+
+    def __init__(self, *, key_ids: list[int]):
+        super().__init__(key_ids=key_ids)
 
 
 class DeviceMismatch(NatterError):

@@ -6,7 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.common import ids
-from apps.common.errors import NotFound
+from apps.common.errors import NotFound, NotMember
 from apps.common.validation import validated
 from apps.messaging import selectors, serializers, services
 
@@ -24,6 +24,27 @@ class ConversationListApi(APIView):
     @extend_schema(responses={200: serializers.ConversationSerializer(many=True)})
     def get(self, request):
         return Response(selectors.conversation_list(user=request.user))
+
+
+class ConversationDevicesApi(APIView):
+    @extend_schema(
+        responses={
+            200: serializers.ConversationDevicesSerializer,
+            404: OpenApiResponse(description="`not_member`"),
+        },
+        description=(
+            "Every active device of the conversation's members that has published keys:"
+            " the devices a send is encrypted for (a client skips its own)."
+        ),
+    )
+    def get(self, request, conversation_id: str):
+        key = ids.decode(ids.CONVERSATION, conversation_id)
+        body = (
+            selectors.conversation_devices(user=request.user, conversation_id=key) if key else None
+        )
+        if body is None:
+            raise NotMember()
+        return Response(body)
 
 
 class ConversationDirectApi(APIView):

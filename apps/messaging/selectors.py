@@ -5,7 +5,7 @@ import base64
 from django.db import connection
 from django.db.models import Max
 
-from apps.accounts.models import User
+from apps.accounts.models import Device, User
 from apps.accounts.selectors import user_public
 from apps.common import ids
 from apps.messaging.models import Conversation, InboxEntry, Membership, Message, Receipt
@@ -204,3 +204,38 @@ def message_receipts(*, user: User, message_id: int) -> dict | None:
 
 def _iso(value) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def conversation_devices(*, user: User, conversation_id: int) -> dict | None:
+    """The devices a send to this conversation is encrypted for, with their identity keys.
+
+    Every active device of the current members that has published keys, the
+    caller's own included (a client skips itself). None for a non-member.
+    """
+    membership = (
+        Membership.objects.current()
+        .filter(user=user, conversation_id=conversation_id)
+        .select_related("conversation")
+        .first()
+    )
+    if membership is None:
+        return None
+    members = Membership.objects.current().filter(conversation_id=conversation_id).values("user_id")
+    devices = (
+        Device.objects.active()
+        .filter(user_id__in=members, identity_key__isnull=False)
+        .order_by("user_id", "created_at")
+        .values_list("user_id", "id", "identity_key")
+    )
+    return {
+        "conversation": membership.conversation.public_id,
+        "kind": membership.conversation.kind,
+        "devices": [
+            {
+                "user": ids.encode(ids.USER, user_id),
+                "device": ids.encode(ids.DEVICE, device_id),
+                "identity_key": base64.b64encode(bytes(key)).decode(),
+            }
+            for user_id, device_id, key in devices
+        ],
+    }

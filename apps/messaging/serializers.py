@@ -90,6 +90,18 @@ class ConversationSerializer(serializers.Serializer):
     read_seq = serializers.IntegerField()
 
 
+class ConversationDeviceSerializer(serializers.Serializer):
+    user = serializers.CharField()
+    device = serializers.CharField()
+    identity_key = serializers.CharField()
+
+
+class ConversationDevicesSerializer(serializers.Serializer):
+    conversation = serializers.CharField()
+    kind = serializers.ChoiceField(choices=["direct", "group"])
+    devices = ConversationDeviceSerializer(many=True)
+
+
 class EventsQuerySerializer(serializers.Serializer):
     """Query of `GET /api/v1/events`, the long-poll."""
 

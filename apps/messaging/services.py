@@ -150,10 +150,11 @@ def _message_store(
         raise BadRequest("group_body is for group conversations only.", field="group_body")
 
     # The exact device set: every active device of the other member and the
-    # sender's other devices, so a client never silently misses one.
+    # sender's other devices, so a client never silently misses one. A device that
+    # has not published keys yet could not decrypt anything: it is not counted.
     expected = dict(
         Device.objects.active()
-        .filter(user_id__in=members)
+        .filter(user_id__in=members, identity_key__isnull=False)
         .exclude(id=sender_device.id)
         .values_list("id", "user_id")
     )

@@ -5,6 +5,11 @@ from apps.messaging import api
 urlpatterns = [
     path("conversations", api.ConversationListApi.as_view(), name="conversation-list"),
     path("conversations/direct", api.ConversationDirectApi.as_view(), name="conversation-direct"),
+    path(
+        "conversations/<str:conversation_id>/devices",
+        api.ConversationDevicesApi.as_view(),
+        name="conversation-devices",
+    ),
     path("messages", api.MessageSendApi.as_view(), name="message-send"),
     path(
         "messages/<str:message_id>/receipts",

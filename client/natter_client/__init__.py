@@ -1,6 +1,7 @@
 """Async client SDK of the Natter messenger protocol (v1): REST, WebSocket and long-poll."""
 
 from .client import NatterClient
+from .e2e import Received
 from .errors import (
     AbuseClosed,
     ApiError,
@@ -13,6 +14,7 @@ from .errors import (
     Unauthenticated,
 )
 from .http import NatterHttp
+from .keystore import FileKeyStore, KeyStore
 from .transport import Connection, LongPollConnection, WebSocketConnection
 from .wire import Backoff, Ciphertexts, Dedup, Event, SendAck, b64decode, b64encode
 
@@ -28,11 +30,14 @@ __all__ = [
     "Dedup",
     "DeviceMismatch",
     "Event",
+    "FileKeyStore",
+    "KeyStore",
     "LongPollConnection",
     "NatterClient",
     "NatterError",
     "NatterHttp",
     "RateLimited",
+    "Received",
     "SendAck",
     "Unauthenticated",
     "WebSocketConnection",

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any, Literal, Self
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
+from .e2e import EndToEnd, Received
 from .errors import ApiError, NatterError
 from .http import NatterHttp
+from .keystore import KeyStore
 from .transport import Connection, LongPollConnection, WebSocketConnection
-from .wire import Backoff, Ciphertexts, SendAck, new_client_id, send_payload
+from .wire import Backoff, Ciphertexts, Event, SendAck, new_client_id, send_payload
 
 
 class NatterClient:
-    """One device of one user: log in, look people up, then connect to receive and send."""
+    """One device of one user: log in, look people up, then connect to receive and send.
+
+    Every device holds end-to-end keys (a `KeyStore`, in memory unless one is given,
+    e.g. a `FileKeyStore`): `login()` publishes them, `send_text()` encrypts and
+    `receive()` decrypts. `send()` is the raw call for bodies encrypted elsewhere.
+    """
 
     def __init__(
         self,
@@ -24,10 +32,13 @@ class NatterClient:
         *,
         timeout: float = 10.0,
         http_client: httpx.AsyncClient | None = None,
+        keystore: KeyStore | None = None,
     ) -> None:
         self.http = NatterHttp(base_url, token, timeout=timeout, client=http_client)
         self.user: dict[str, Any] | None = None
         self.device: dict[str, Any] | None = None
+        self.keystore = keystore if keystore is not None else KeyStore()
+        self.e2e = EndToEnd(self, self.keystore)
 
     async def __aenter__(self) -> Self:
         return self
@@ -86,12 +97,31 @@ class NatterClient:
         return answer["user"]
 
     async def login(
-        self, username: str, password: str, device_name: str = "natter-client"
+        self,
+        username: str,
+        password: str,
+        device_name: str = "natter-client",
+        *,
+        publish_keys: bool = True,
     ) -> dict[str, Any]:
-        """Create a new device for this user and keep its token for every later call."""
+        """Create a new device for this user, keep its token, and publish its keys.
+
+        Until a device has published keys nobody can encrypt for it, so it receives
+        no direct messages; `publish_keys=False` is for tests of exactly that.
+        """
         body = {"username": username, "password": password, "device_name": device_name}
         answer = await self.http.request("POST", "/api/v1/auth/login", json=body)
         self.user, self.device, self.token = answer["user"], answer["device"], answer["token"]
+        self.keystore.account = {
+            "base_url": self.base_url,
+            "token": self.token,
+            "user": self.user,
+            "device": self.device,
+        }
+        if publish_keys:
+            await self.e2e.publish()
+        else:
+            self.keystore.save()
         return answer
 
     async def logout(self) -> None:
@@ -122,8 +152,22 @@ class NatterClient:
         return await self.http.request("GET", "/api/v1/users", params={"handle": username})
 
     async def devices_of(self, user_id: str) -> list[dict[str, Any]]:
-        """List a user's active devices, the set a direct message must be encrypted for."""
+        """List a user's active devices with their identity keys."""
         return await self.http.request("GET", f"/api/v1/users/{quote(user_id, safe='')}/devices")
+
+    async def claim_bundles(
+        self, user_id: str, device_ids: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Claim prekey bundles of a user's devices (only `device_ids` if given)."""
+        body: dict[str, Any] = {"user_id": user_id}
+        if device_ids is not None:
+            body["device_ids"] = device_ids
+        answer = await self.http.request("POST", "/api/v1/keys/claim", json=body)
+        return answer["bundles"]
+
+    async def safety_number(self, user_id: str) -> str:
+        """The number you and `user_id` compare to check nobody is in between."""
+        return await self.e2e.safety_number(user_id)
 
     # -- conversations -----------------------------------------------------------------------
 
@@ -134,6 +178,90 @@ class NatterClient:
 
     async def conversations(self) -> list[dict[str, Any]]:
         return await self.http.request("GET", "/api/v1/conversations")
+
+    # -- groups ------------------------------------------------------------------------------
+
+    async def create_group(self, title: str, member_ids: list[str]) -> dict[str, Any]:
+        """Create a group with these users (you are its first admin); returns the conversation."""
+        body = {"title": title, "member_ids": member_ids}
+        return await self.http.request("POST", "/api/v1/groups", json=body)
+
+    async def group(self, group_id: str) -> dict[str, Any]:
+        return await self.http.request("GET", self._group_path(group_id))
+
+    async def rename_group(self, group_id: str, title: str) -> dict[str, Any]:
+        return await self.http.request("PATCH", self._group_path(group_id), json={"title": title})
+
+    async def add_members(self, group_id: str, user_ids: list[str]) -> dict[str, Any]:
+        path = self._group_path(group_id, "members")
+        return await self.http.request("POST", path, json={"user_ids": user_ids})
+
+    async def remove_member(self, group_id: str, user_id: str) -> None:
+        path = self._group_path(group_id, "members", user_id)
+        await self.http.request("DELETE", path)
+
+    async def promote(self, group_id: str, user_id: str) -> dict[str, Any]:
+        path = self._group_path(group_id, "admins")
+        return await self.http.request("POST", path, json={"user_id": user_id})
+
+    async def leave_group(self, group_id: str) -> None:
+        await self.http.request("POST", self._group_path(group_id, "leave"))
+
+    @staticmethod
+    def _group_path(group_id: str, *rest: str) -> str:
+        parts = [quote(p, safe="") for p in (group_id, *rest)]
+        return "/api/v1/groups/" + "/".join(parts)
+
+    async def conversation_devices(self, conversation: str) -> dict[str, Any]:
+        """The devices a send to `conversation` is encrypted for: {kind, devices}."""
+        path = f"/api/v1/conversations/{quote(conversation, safe='')}/devices"
+        return await self.http.request("GET", path)
+
+    # -- end-to-end encrypted messages ----------------------------------------------------------
+
+    async def send_text(
+        self,
+        conversation: str,
+        text: str,
+        *,
+        reply_to_seq: int | None = None,
+        client_id: str | None = None,
+        connection: Connection | None = None,
+        timeout: float | None = None,
+    ) -> SendAck:
+        """Encrypt a text for every device of the conversation and send it (REST or socket)."""
+        return await self.e2e.send(
+            conversation,
+            {"type": "text", "text": text},
+            kind="text",
+            reply_to_seq=reply_to_seq,
+            client_id=client_id,
+            connection=connection,
+            timeout=timeout,
+        )
+
+    async def send_content(
+        self, conversation: str, content: dict[str, Any], *, kind: str = "text", **kwargs: Any
+    ) -> SendAck:
+        """Encrypt and send any content object (docs/crypto.md §7)."""
+        return await self.e2e.send(conversation, content, kind=kind, **kwargs)
+
+    async def open(self, event: Event) -> Received | None:
+        """Decrypt one inbox event (None for a message opened before)."""
+        return await self.e2e.open(event)
+
+    async def receive(self, connection: Connection) -> AsyncIterator[Received]:
+        """Yield inbox events decrypted, acknowledging each once its keys are saved.
+
+        Use a connection made with `auto_ack=False`, so nothing is acknowledged to the
+        server before the ratchet state that opened it is stored.
+        """
+        async for event in connection.events():
+            received = await self.e2e.open(event)
+            if not connection.auto_ack:
+                await connection.ack(event.cursor)
+            if received is not None:
+                yield received
 
     async def send(
         self,

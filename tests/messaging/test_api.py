@@ -6,7 +6,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from apps.messaging.models import InboxEntry, Message
-from tests.conftest import b64
+from tests.conftest import b64, keys_upload_body
 
 pytestmark = pytest.mark.django_db
 
@@ -34,7 +34,15 @@ def signup(name: str, device: str = "laptop") -> dict:
         format="json",
     )
     assert r.status_code == 201, r.content
-    return r.json()
+    return publish(r.json())
+
+
+def publish(login_answer: dict) -> dict:
+    """Publish keys for a freshly logged-in device, as every real client does at once."""
+    body, _ = keys_upload_body()
+    r = client_for(login_answer["token"]).put("/api/v1/keys", body, format="json")
+    assert r.status_code == 200, r.content
+    return login_answer
 
 
 def login(name: str, device: str) -> dict:
@@ -44,7 +52,7 @@ def login(name: str, device: str) -> dict:
         format="json",
     )
     assert r.status_code == 201
-    return r.json()
+    return publish(r.json())
 
 
 @pytest.fixture
