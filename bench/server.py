@@ -99,6 +99,7 @@ def proc_stats(pid: int) -> dict:
     return {
         "threads": int(fields["Threads"].strip()),
         "rss_kib": int(fields["VmRSS"].split()[0]),
+        "peak_rss_kib": int(fields["VmHWM"].split()[0]),
         "cpu_s": (int(stat[11]) + int(stat[12])) / ticks,
     }
 

@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -173,6 +174,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.groups.tasks.fanout_sweep_task",
         "schedule": timedelta(seconds=env_int("FANOUT_SWEEP_EVERY_S", 5)),
     },
+    "media-expire": {
+        "task": "apps.media.tasks.media_expire_task",
+        "schedule": timedelta(minutes=env_int("MEDIA_EXPIRE_EVERY_MINUTES", 60)),
+    },
     "sessions-clear": {
         "task": "apps.accounts.tasks.sessions_clear_task",
         "schedule": timedelta(hours=24),
@@ -194,6 +199,42 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+
+# --- Media (PROTOCOL §7; apps/media) -------------------------------------------
+# Encrypted attachments. Local files under MEDIA_ROOT by default; any S3-compatible
+# store with MEDIA_STORAGE=s3 and the MEDIA_S3_* variables (docs/operations.md).
+# Blobs are only ever served through GET /api/v1/media/{id}, never by MEDIA_URL.
+MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT") or VAR_DIR / "media")
+MEDIA_STORAGE = os.environ.get("MEDIA_STORAGE", "local")
+if MEDIA_STORAGE == "s3":
+    _media_backend = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": os.environ["MEDIA_S3_BUCKET"],
+            "endpoint_url": os.environ.get("MEDIA_S3_ENDPOINT_URL") or None,
+            "region_name": os.environ.get("MEDIA_S3_REGION") or None,
+            "access_key": os.environ.get("MEDIA_S3_ACCESS_KEY_ID") or None,
+            "secret_key": os.environ.get("MEDIA_S3_SECRET_ACCESS_KEY") or None,
+            "location": os.environ.get("MEDIA_S3_PREFIX", "natter"),
+            "default_acl": None,
+            "querystring_auth": True,
+            "file_overwrite": False,
+        },
+    }
+elif MEDIA_STORAGE == "local":
+    _media_backend = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": MEDIA_ROOT, "base_url": None},
+    }
+else:
+    raise ImproperlyConfigured(f"MEDIA_STORAGE must be 'local' or 's3', not {MEDIA_STORAGE!r}")
+STORAGES = {
+    "default": _media_backend,
+    "media": _media_backend,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# Uploads are streamed through a temporary file here, never held in memory.
+FILE_UPLOAD_TEMP_DIR = os.environ.get("FILE_UPLOAD_TEMP_DIR") or None
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
@@ -270,6 +311,16 @@ NATTER = {
     # device cannot drain somebody's one-time prekeys.
     "KEY_CLAIM_RATE": env_int("KEY_CLAIM_RATE_PER_MINUTE", 600),
     "KEY_CLAIM_RATE_PER_USER": env_int("KEY_CLAIM_RATE_PER_USER_PER_MINUTE", 30),
+    # Media (apps/media).
+    "MEDIA_MAX_BYTES": env_int("MEDIA_MAX_BYTES", 100 * 1024 * 1024),
+    # daphne hands a request body to the application all at once, in memory: a
+    # single-request upload is capped here, larger files go up in parts of at most
+    # MEDIA_PART_MAX_BYTES through the resumable upload (docs/protocol.md §7c).
+    "MEDIA_SINGLE_MAX_BYTES": env_int("MEDIA_SINGLE_MAX_BYTES", 8 * 1024 * 1024),
+    "MEDIA_PART_MAX_BYTES": env_int("MEDIA_PART_MAX_BYTES", 4 * 1024 * 1024),
+    "MEDIA_RETENTION_DAYS": env_int("MEDIA_RETENTION_DAYS", 30),
+    "MEDIA_UNREFERENCED_HOURS": env_int("MEDIA_UNREFERENCED_HOURS", 24),
+    "MEDIA_UPLOAD_RATE": env_int("MEDIA_UPLOAD_RATE_PER_MINUTE", 30),
 }
 
 # A REST body is held to the WebSocket's frame limit; larger ones get 413 too_large.

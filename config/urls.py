@@ -13,4 +13,5 @@ urlpatterns = [
     path("api/v1/", include("apps.messaging.urls")),
     path("api/v1/", include("apps.presence.urls")),
     path("api/v1/", include("apps.groups.urls")),
+    path("api/v1/", include("apps.media.urls")),
 ]

@@ -13,13 +13,23 @@ class BodySizeLimit:
     the body is never read and the answer has the protocol's error shape.
     """
 
-    def __init__(self, app, *, prefix: str = "/api/"):
+    def __init__(self, app, *, prefix: str = "/api/", uploads: str = "/api/v1/media"):
         self.app = app
         self.prefix = prefix
+        self.uploads = uploads
+
+    def limit_for(self, path: str) -> int | None:
+        # Media bodies go to storage, not to a serializer: they may be larger than a
+        # frame, up to what one request may carry (a whole small file, or one part).
+        if path.rstrip("/") == self.uploads:
+            return settings.NATTER["MEDIA_SINGLE_MAX_BYTES"]
+        if path.startswith(self.uploads + "/"):
+            return settings.NATTER["MEDIA_PART_MAX_BYTES"]
+        return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"].startswith(self.prefix):
-            limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+            limit = self.limit_for(scope["path"])
             length = dict(scope.get("headers", [])).get(b"content-length", b"0")
             if limit is not None and length.isdigit() and int(length) > limit:
                 error = TooLarge("The request body is too large.", max_bytes=limit)

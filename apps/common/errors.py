@@ -87,6 +87,14 @@ class DuplicateKeyId(Conflict):
         super().__init__(key_ids=key_ids)
 
 
+class OffsetMismatch(Conflict):
+    code = "offset_mismatch"
+    message = "The server has a different number of bytes of this upload; resume from `offset`."
+
+    def __init__(self, *, offset: int):
+        super().__init__(offset=offset)
+
+
 class DeviceMismatch(NatterError):
     code = "device_mismatch"
     status = 409
@@ -94,6 +102,12 @@ class DeviceMismatch(NatterError):
 
     def __init__(self, *, missing: list[str], extra: list[str]):
         super().__init__(missing=missing, extra=extra)
+
+
+class MediaExpired(NatterError):
+    code = "media_expired"
+    status = 410
+    message = "This file has expired on the server; ask the sender to send it again."
 
 
 class TooLarge(NatterError):

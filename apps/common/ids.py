@@ -27,4 +27,4 @@ def decode(prefix: str, value: object) -> int | None:
     return key if 0 < key < 2**63 else None
 
 
-USER, DEVICE, CONVERSATION, MESSAGE = "u", "d", "c", "m"
+USER, DEVICE, CONVERSATION, MESSAGE, MEDIA = "u", "d", "c", "m", "f"

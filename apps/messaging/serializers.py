@@ -31,6 +31,16 @@ class MessageSendSerializer(serializers.Serializer):
     reply_to_seq = StrictIntegerField(
         min_value=1, max_value=MAX_INT, required=False, allow_null=True
     )
+    media_id = PublicIdField(
+        ids.MEDIA,
+        required=False,
+        help_text="kind=media: the upload this message carries the key of (POST /api/v1/media).",
+    )
+
+    def validate(self, data):
+        if data.get("media_id") is not None and data["kind"] != "media":
+            raise serializers.ValidationError({"media_id": ["Only a media message names one."]})
+        return data
 
 
 def send_arguments(data: dict) -> dict:
@@ -46,6 +56,7 @@ def send_arguments(data: dict) -> dict:
         ],
         "group_body": data.get("group_body"),
         "reply_to_seq": data.get("reply_to_seq"),
+        "media_id": data.get("media_id"),
     }
 
 

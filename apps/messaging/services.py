@@ -92,8 +92,13 @@ def message_send(
     ciphertexts: list[Ciphertext],
     group_body: bytes | None = None,
     reply_to_seq: int | None = None,
+    media_id: int | None = None,
 ) -> SendResult:
-    """Store a message and one inbox row per recipient device; idempotent on client_id."""
+    """Store a message and one inbox row per recipient device; idempotent on client_id.
+
+    A media message names its upload (`media_id`), which keeps the blob from being
+    removed as unused.
+    """
     rate_limit_hit(
         scope="send", key=str(sender_device.id), limit=settings.NATTER["SEND_RATE"], period_s=60
     )
@@ -111,6 +116,14 @@ def message_send(
                 group_body=group_body,
                 reply_to_seq=reply_to_seq,
             )
+            if media_id is not None:
+                from apps.media.services import media_attach
+
+                media_attach(
+                    media_id=media_id,
+                    sender_device=sender_device,
+                    conversation_id=conversation_id,
+                )
     except IntegrityError:
         # A concurrent resend of the same client_id committed first; the whole
         # transaction (its seq included) rolled back, so seqs stay gapless.

@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
+import os
 from collections.abc import AsyncIterator
-from typing import Any, Literal, Self
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, Self
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
+from .crypto import media
 from .e2e import EndToEnd, Received
 from .errors import ApiError, NatterError
 from .http import NatterHttp
 from .keystore import KeyStore
 from .transport import Connection, LongPollConnection, WebSocketConnection
-from .wire import Backoff, Ciphertexts, Event, SendAck, new_client_id, send_payload
+from .wire import (
+    Backoff,
+    Ciphertexts,
+    Event,
+    SendAck,
+    b64decode,
+    b64encode,
+    new_client_id,
+    send_payload,
+)
+
+# Files up to this size (encrypted) go up in one request; larger ones in parts.
+UPLOAD_IN_ONE_REQUEST_MAX = 4 * 1024 * 1024
+DOWNLOAD_PART_BYTES = 4 * 1024 * 1024
 
 
 class NatterClient:
@@ -246,6 +264,178 @@ class NatterClient:
         """Encrypt and send any content object (docs/crypto.md §7)."""
         return await self.e2e.send(conversation, content, kind=kind, **kwargs)
 
+    async def send_media(
+        self,
+        conversation: str,
+        source: bytes | str | os.PathLike[str],
+        *,
+        mime: str = "application/octet-stream",
+        name: str | None = None,
+        caption: str | None = None,
+        thumbnail: bytes | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        connection: Connection | None = None,
+        reply_to_seq: int | None = None,
+    ) -> SendAck:
+        """Encrypt a file with a fresh key, upload the ciphertext, then send its key.
+
+        `source` is the bytes or a path; a path is read and encrypted in 64 KiB
+        chunks while it uploads, so memory stays flat (docs/crypto.md §10).
+        """
+        if isinstance(source, bytes | bytearray):
+            handle: BinaryIO = io.BytesIO(bytes(source))
+            size = len(source)
+        else:
+            path = Path(source)
+            handle = await asyncio.to_thread(path.open, "rb")
+            size = (await asyncio.to_thread(path.stat)).st_size
+            name = name or path.name
+        key = media.media_key()
+        digest = hashlib.sha256()
+        try:
+            chunks = media.encrypt_chunks(handle, key)
+
+            async def blob() -> AsyncIterator[bytes]:
+                while piece := await asyncio.to_thread(next, chunks, None):
+                    digest.update(piece)
+                    yield piece
+
+            length = media.encrypted_size(size)
+            if length <= UPLOAD_IN_ONE_REQUEST_MAX:
+                answer = await self.http.upload(
+                    "/api/v1/media", blob(), length=length, params={"conversation": conversation}
+                )
+            else:
+                answer = await self._upload_in_parts(conversation, blob(), length)
+        finally:
+            handle.close()
+        if answer["sha256"] != digest.hexdigest():
+            raise NatterError("the server stored other bytes than were sent; not sending")
+        content: dict[str, Any] = {
+            "type": "media",
+            "media_id": answer["media_id"],
+            "key": b64encode(key),
+            "sha256": answer["sha256"],
+            "size": size,
+            "mime": mime,
+            "name": name or "file",
+        }
+        for field, value in (
+            ("caption", caption),
+            ("width", width),
+            ("height", height),
+            ("thumbnail", b64encode(thumbnail) if thumbnail else None),
+        ):
+            if value is not None:
+                content[field] = value
+        return await self.e2e.send(
+            conversation,
+            content,
+            kind="media",
+            media_id=answer["media_id"],
+            connection=connection,
+            reply_to_seq=reply_to_seq,
+        )
+
+    async def _upload_in_parts(
+        self, conversation: str, blob: AsyncIterator[bytes], length: int
+    ) -> dict[str, Any]:
+        """The resumable upload: one part per request, resumed from the server's offset.
+
+        daphne holds a request body in memory, so a large file goes up as parts of
+        at most `part_max_bytes`. A part whose answer was lost is not sent twice:
+        the server's `offset_mismatch` says how much it already has.
+        """
+        opened = await self.http.request(
+            "POST",
+            "/api/v1/media/uploads",
+            params={"conversation": conversation},
+            json={"size": length},
+        )
+        media_id, part_max = opened["media_id"], int(opened["part_max_bytes"])
+        path = f"/api/v1/media/{quote(media_id, safe='')}"
+        offset, buffer, answer = 0, bytearray(), opened
+        backoff = Backoff()
+
+        async def send_buffer() -> None:
+            nonlocal offset, buffer, answer
+            while buffer:
+                try:
+                    answer = await self.http.send_part(path, offset, bytes(buffer))
+                except ApiError as exc:
+                    if exc.code != "offset_mismatch":
+                        raise
+                    answer = {"offset": int(exc.details["offset"])}
+                except httpx.TransportError:
+                    await asyncio.sleep(backoff.next())
+                    continue
+                # The server may hold more than we knew (a lost answer): drop that much.
+                done = int(answer["offset"]) - offset
+                if not 0 <= done <= len(buffer):
+                    raise NatterError(f"the server holds {answer['offset']} bytes of {media_id}")
+                del buffer[:done]
+                offset += done
+
+        async for piece in blob:
+            buffer += piece
+            if len(buffer) >= part_max:
+                whole, rest = buffer[:part_max], buffer[part_max:]
+                buffer = bytearray(whole)
+                await send_buffer()
+                buffer = bytearray(rest)
+        await send_buffer()
+        if not answer.get("complete"):
+            raise NatterError(f"upload {media_id} ended at {offset} of {length} bytes")
+        return answer
+
+    async def download_media(
+        self, content: dict[str, Any], destination: str | os.PathLike[str] | None = None
+    ) -> bytes | Path:
+        """Fetch, check and decrypt a `media` content's file; bytes, or written to a path.
+
+        Raises ApiError with code `media_expired` (410) once the server deleted it:
+        show "download failed — ask the sender to resend".
+        """
+        key = b64decode(content["key"])
+        digest = hashlib.sha256()
+        decryptor = media.MediaDecryptor(key)
+        out: BinaryIO = (
+            io.BytesIO()
+            if destination is None
+            else await asyncio.to_thread(Path(destination).open, "wb")
+        )
+        try:
+            path = f"/api/v1/media/{quote(content['media_id'], safe='')}"
+            # In ranges, so the server never has more than one part in flight for us.
+            start, total = 0, None
+            while total is None or start < total:
+                wanted = f"bytes={start}-{start + DOWNLOAD_PART_BYTES - 1}"
+                async with self.http.stream(path, headers={"Range": wanted}) as response:
+                    if response.status_code == 206:
+                        total = int(response.headers["Content-Range"].rsplit("/", 1)[1])
+                    else:  # the whole blob at once
+                        total = int(response.headers.get("Content-Length", 0))
+                    async for piece in response.aiter_bytes(media.CHUNK_BYTES):
+                        start += len(piece)
+                        digest.update(piece)
+                        await asyncio.to_thread(out.write, decryptor.feed(piece))
+                    if response.status_code != 206:
+                        break
+            if digest.hexdigest() != content["sha256"]:
+                raise media.DecryptError("the downloaded file is not the one that was sent")
+            await asyncio.to_thread(out.write, decryptor.finish())
+            if destination is None:
+                return out.getvalue()  # type: ignore[attr-defined]
+            return Path(destination)
+        except BaseException:
+            if destination is not None:
+                out.close()
+                await asyncio.to_thread(Path(destination).unlink, missing_ok=True)
+            raise
+        finally:
+            out.close()
+
     async def open(self, event: Event) -> Received | None:
         """Decrypt one inbox event (None for a message opened before)."""
         return await self.e2e.open(event)
@@ -274,6 +464,7 @@ class NatterClient:
         reply_to_seq: int | None = None,
         client_id: str | None = None,
         timeout: float | None = None,
+        media_id: str | None = None,
     ) -> SendAck:
         """Send over REST without a connection, retrying network failures with one client_id."""
         client_id = client_id or new_client_id()
@@ -285,6 +476,7 @@ class NatterClient:
             envelope=envelope,
             group_body=group_body,
             reply_to_seq=reply_to_seq,
+            media_id=media_id,
         )
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         try:

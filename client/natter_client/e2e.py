@@ -184,6 +184,7 @@ class EndToEnd:
         client_id: str | None = None,
         connection: Connection | None = None,
         timeout: float | None = None,
+        media_id: str | None = None,
     ) -> SendAck:
         """Encrypt `content` for every device of the conversation and send it.
 
@@ -200,10 +201,20 @@ class EndToEnd:
                 client_id=client_id,
                 connection=connection,
                 timeout=timeout,
+                media_id=media_id,
             )
 
     async def _send(
-        self, conversation, plaintext, *, kind, reply_to_seq, client_id, connection, timeout
+        self,
+        conversation,
+        plaintext,
+        *,
+        kind,
+        reply_to_seq,
+        client_id,
+        connection,
+        timeout,
+        media_id,
     ) -> SendAck:
         last_error: DeviceMismatch | None = None
         for attempt in range(1 + MISMATCH_RETRIES):
@@ -231,6 +242,7 @@ class EndToEnd:
                     client_id=client_id,
                     connection=connection,
                     timeout=timeout,
+                    media_id=media_id,
                 )
             except DeviceMismatch as exc:
                 last_error = exc

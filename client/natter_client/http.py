@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -61,6 +63,55 @@ class NatterHttp:
             timeout=timeout if timeout is not None else self.timeout,
         )
         return self._answer(response)
+
+    async def upload(
+        self,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        length: int,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        """POST a body streamed from `chunks` (exactly `length` bytes); return the JSON answer."""
+        headers = {
+            **self._headers(),
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(length),
+        }
+        response = await self._client.post(
+            self.base_url + path,
+            content=chunks,
+            params=params,
+            headers=headers,
+            timeout=httpx.Timeout(self.timeout, write=None, read=max(self.timeout, 60.0)),
+        )
+        return self._answer(response)
+
+    async def send_part(self, path: str, offset: int, data: bytes) -> Any:
+        """PATCH one part of a resumable upload at `offset`."""
+        headers = {**self._headers(), "Content-Type": "application/octet-stream"}
+        response = await self._client.patch(
+            self.base_url + path,
+            content=data,
+            params={"offset": offset},
+            headers=headers,
+            timeout=httpx.Timeout(self.timeout, write=None, read=max(self.timeout, 60.0)),
+        )
+        return self._answer(response)
+
+    @contextlib.asynccontextmanager
+    async def stream(self, path: str, *, headers: dict[str, str] | None = None):
+        """GET a body as a stream; error answers are raised as ApiError before yielding."""
+        async with self._client.stream(
+            "GET",
+            self.base_url + path,
+            headers={**self._headers(), **(headers or {})},
+            timeout=httpx.Timeout(self.timeout, read=max(self.timeout, 60.0)),
+        ) as response:
+            if not response.is_success:
+                await response.aread()
+                self._answer(response)
+            yield response
 
     @staticmethod
     def _answer(response: httpx.Response) -> Any:

@@ -53,6 +53,7 @@ def send_payload(
     envelope: str = "message",
     group_body: bytes | None = None,
     reply_to_seq: int | None = None,
+    media_id: str | None = None,
 ) -> dict[str, Any]:
     """Build the body shared by POST /api/v1/messages and the WebSocket send frame."""
     payload: dict[str, Any] = {
@@ -65,6 +66,8 @@ def send_payload(
         payload["group_body"] = b64encode(group_body)
     if reply_to_seq is not None:
         payload["reply_to_seq"] = reply_to_seq
+    if media_id is not None:
+        payload["media_id"] = media_id
     return payload
 
 

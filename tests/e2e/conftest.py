@@ -35,6 +35,8 @@ def _database_url() -> str:
 class LiveServer:
     def __init__(self, url: str, env: dict, processes: dict[str, subprocess.Popen], logs: Path):
         self.url, self.env, self.processes, self.logs = url, env, processes, logs
+        self.media_root = Path(env["MEDIA_ROOT"])
+        self.upload_tmp = Path(env["FILE_UPLOAD_TEMP_DIR"])
 
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
@@ -53,7 +55,12 @@ def natter_server(django_db_setup, django_db_blocker, tmp_path_factory):
         "HEARTBEAT_S": "2",
         "DB_POOL_MAX": "10",
         "PYTHONUNBUFFERED": "1",
+        "MEDIA_ROOT": str(logs / "media"),
+        # Small enough that the over-size tests send the whole body quickly.
+        "MEDIA_MAX_BYTES": str(16 * 1024 * 1024),
+        "FILE_UPLOAD_TEMP_DIR": str(logs / "upload-tmp"),
     }
+    (logs / "upload-tmp").mkdir()
     commands = {
         "daphne": [
             str(BIN / "daphne"),

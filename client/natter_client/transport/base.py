@@ -174,6 +174,7 @@ class Connection:
         reply_to_seq: int | None = None,
         client_id: str | None = None,
         timeout: float | None = None,
+        media_id: str | None = None,
     ) -> SendAck:
         """Send one message, resending with the same client_id until the server acks it.
 
@@ -190,6 +191,7 @@ class Connection:
             envelope=envelope,
             group_body=group_body,
             reply_to_seq=reply_to_seq,
+            media_id=media_id,
         )
         try:
             answer = await self._submit("send", payload, client_id, self._deadline(timeout))
