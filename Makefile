@@ -80,7 +80,7 @@ natter_pick_python() {
 }
 endef
 
-.PHONY: help install run test lint format services clean distclean which-python
+.PHONY: help install run run-cluster bench test test-faults lint format services clean distclean which-python
 
 help:
 	@printf '%s\n' \
@@ -90,6 +90,11 @@ help:
 	  "                  REDIS_URL are set; with REDIS_URL also a Celery worker and beat;" \
 	  "                  Ctrl-C stops them all)" \
 	  "  make test       install, check (or start) Postgres and Redis, run the whole suite" \
+	  "  make test-faults  the fault suite (tests/faults): kills and restarts daphne, Celery," \
+	  "                  its own private Postgres and Redis; prints lost/duplicated per fault" \
+	  "  make run-cluster  nginx on :$(PORT) in front of one daphne per CPU, two Celery" \
+	  "                  workers and beat, on Postgres and Redis (docs/scaling.md)" \
+	  "  make bench      run every benchmark on a server it starts; update docs/benchmarks.md" \
 	  "  make install    create .venv (Python >= 3.12), pip install -r requirements-dev.txt" \
 	  "  make lint       ruff check + ruff format --check" \
 	  "  make format     ruff check --fix + ruff format" \
@@ -152,6 +157,12 @@ which-python:
 run: install
 	@HOST='$(HOST)' PORT='$(PORT)' exec bash scripts/run.sh
 
+run-cluster: install
+	@HOST='$(HOST)' PORT='$(PORT)' exec bash scripts/run_cluster.sh
+
+bench: install
+	@exec $(VENV_PY) -m bench.all
+
 services:
 	@bash scripts/services.sh ensure
 
@@ -166,6 +177,27 @@ test: install
 	fi
 	echo "== node --test tests/js/ (the browser's crypto, on the shared vectors)"
 	node --test tests/js/ || status=1
+	exit $$status
+
+# The fault suite (tests/faults; docs/operations.md, "Faults"). It needs no running
+# services: it starts a Postgres cluster (initdb in a temporary directory) and a
+# redis-server of its own on free ports, never the shared ones, because it stops,
+# kills and restarts them. The plain `make test` never collects tests/faults.
+test-faults: install
+	@if ! command -v redis-server >/dev/null 2>&1; then
+	  echo "error: the fault suite needs redis-server (Debian: apt-get install redis-server)" >&2
+	  exit 1
+	fi
+	if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && ! command -v initdb >/dev/null 2>&1; then
+	  echo "error: the fault suite needs Postgres's initdb and postgres (Debian: apt-get install postgresql)" >&2
+	  exit 1
+	fi
+	status=0
+	# The test process itself touches no database: only the servers it starts do.
+	DATABASE_URL= REDIS_URL= $(VENV_PY) -m pytest -p no:cacheprovider tests/faults $(PYTEST_ARGS) || status=$$?
+	if [ $$status -eq 5 ]; then
+	  echo "make test-faults: pytest collected no tests (exit 5); that counts as a failure" >&2
+	fi
 	exit $$status
 
 lint: install

@@ -82,9 +82,7 @@ async def run(url: str, pid: int, mib: int, workdir: Path) -> dict:
         "server_peak_growth_mib": round(
             (after_download["peak_rss_kib"] - idle["peak_rss_kib"]) / 1024, 1
         ),
-        "client_peak_rss_mib": round(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
-        ),
+        "client_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
 

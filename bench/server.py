@@ -48,6 +48,7 @@ def bench_env(database: str = "natter_bench") -> dict:
         "NATTER_FAST_PASSWORD_HASHER": "1",
         # Benchmarks measure the server, not the abuse limits.
         "SEND_RATE_PER_MINUTE": "1000000",
+        "NATTER_RATE_LIMITS": "off",
         "PYTHONUNBUFFERED": "1",
     }
 

@@ -6,6 +6,7 @@ process. Tests and production set both and run on Postgres, channels-redis and a
 Celery worker.
 """
 
+import math
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -34,7 +35,8 @@ SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
     # A fixed development key is only acceptable for the local embedded default; a
     # real deployment sets SECRET_KEY (docs/operations.md).
-    SECRET_KEY = "natter-insecure-development-key-set-SECRET_KEY-in-production"
+    # The "django-insecure-" prefix makes `manage.py check --deploy` flag it.
+    SECRET_KEY = "django-insecure-natter-development-key-set-SECRET_KEY-in-production"
 ALLOWED_HOSTS = [
     h.strip()
     for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",")
@@ -43,6 +45,31 @@ ALLOWED_HOSTS = [
 CSRF_TRUSTED_ORIGINS = [
     o.strip() for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
 ]
+
+# --- HTTPS and security headers (docs/operations.md, "Production settings") ------
+# DJANGO_HTTPS=1 when clients reach the server over TLS (which a deployment must):
+# secure cookies, a redirect from http, and HSTS. Off by default, so that `make run`
+# works on plain http://127.0.0.1. `manage.py check --deploy` is clean with it on,
+# DJANGO_DEBUG off and a real SECRET_KEY.
+HTTPS = env_bool("DJANGO_HTTPS", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SSL_REDIRECT", HTTPS)
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31536000 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", HTTPS)
+# Only behind a proxy that ends TLS and always sets this header (overwriting what a
+# client sent), e.g. DJANGO_SECURE_PROXY_SSL_HEADER=X-Forwarded-Proto: then a
+# request the proxy marks `https` counts as secure. Never set it otherwise: a
+# client could claim https itself.
+if os.environ.get("DJANGO_SECURE_PROXY_SSL_HEADER"):
+    _proxy_header = os.environ["DJANGO_SECURE_PROXY_SSL_HEADER"].strip().upper().replace("-", "_")
+    SECURE_PROXY_SSL_HEADER = (f"HTTP_{_proxy_header}", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 REDIS_URL = os.environ.get("REDIS_URL", "")
@@ -100,7 +127,9 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+    DATABASES = {
+        "default": dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=True)
+    }
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # Every database_sync_to_async in a daphne process shares one thread and
         # closes its connection after each call: a pool makes that close cheap and
@@ -108,7 +137,10 @@ if DATABASE_URL:
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": 1,
             "max_size": env_int("DB_POOL_MAX", 20),
-            "timeout": 10,
+            # How long a request waits for a connection before it is answered 503
+            # `unavailable`. Short: while Postgres is down no connection is coming, and
+            # a client told "retry" at once beats one left hanging through the outage.
+            "timeout": env_int("DB_POOL_TIMEOUT", 3),
         }
 
 else:
@@ -135,7 +167,13 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # Several Redis servers shard the layer: channels-redis spreads
+                # channels and groups over them by a hash of their names.
+                "hosts": [
+                    url.strip()
+                    for url in (os.environ.get("CHANNEL_LAYER_URLS") or REDIS_URL).split(",")
+                    if url.strip()
+                ],
                 "capacity": 1000,
                 # Longer than a socket can live between heartbeats: consumers also
                 # re-join their groups on every heartbeat.
@@ -200,6 +238,9 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# Scrapers present `Authorization: Bearer <METRICS_TOKEN>` at /metrics; staff may look too.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+
 # --- Media (PROTOCOL §7; apps/media) -------------------------------------------
 # Encrypted attachments. Local files under MEDIA_ROOT by default; any S3-compatible
 # store with MEDIA_STORAGE=s3 and the MEDIA_S3_* variables (docs/operations.md).
@@ -254,7 +295,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["apps.common.api.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "apps.common.api.exception_handler",
     "UNAUTHENTICATED_USER": None,
@@ -265,6 +306,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Two choice sets share the field name `kind`: give each enum its own name.
+    "ENUM_NAME_OVERRIDES": {
+        "MessageKindEnum": "apps.messaging.models.Message.Kind",
+        "ConversationKindEnum": ["direct", "group"],
+    },
 }
 
 # --- Messaging limits (PROTOCOL §4, §5) ---------------------------------------
@@ -277,7 +323,6 @@ NATTER = {
     "CIPHERTEXT_MAX_BYTES": env_int("CIPHERTEXT_MAX_BYTES", 64 * 1024),
     "FRAME_MAX_BYTES": env_int("FRAME_MAX_BYTES", 256 * 1024),
     "MAX_CIPHERTEXTS": env_int("MAX_CIPHERTEXTS", 600),
-    "SEND_RATE": env_int("SEND_RATE_PER_MINUTE", 600),
     "RETENTION_DAYS": env_int("RETENTION_DAYS", 30),
     "GROUP_MAX_MEMBERS": env_int("GROUP_MAX_MEMBERS", 256),
     # A socket's ack waits this long for others of the same burst to commit with.
@@ -321,6 +366,24 @@ NATTER = {
     "MEDIA_RETENTION_DAYS": env_int("MEDIA_RETENTION_DAYS", 30),
     "MEDIA_UNREFERENCED_HOURS": env_int("MEDIA_UNREFERENCED_HOURS", 24),
     "MEDIA_UPLOAD_RATE": env_int("MEDIA_UPLOAD_RATE_PER_MINUTE", 30),
+    # --- Rate limits (apps/common/ratelimit.py; docs/protocol.md §10) ---------------
+    # Token buckets, atomic in Redis: a bucket of BURST tokens refilled at RATE.
+    # NATTER_RATE_LIMITS=off turns every limit off (benchmarks, load tests).
+    "RATE_LIMITS": env_bool("NATTER_RATE_LIMITS", True),
+    # Sends per device: far above what a busy bot or a benchmark client sends (100/s).
+    # SEND_RATE_PER_MINUTE, the older setting, is still read when SEND_RATE_PER_S is not.
+    "SEND_RATE": env_int("SEND_RATE_PER_S", math.ceil(env_int("SEND_RATE_PER_MINUTE", 12000) / 60)),
+    "SEND_BURST": env_int("SEND_BURST", 1000),
+    # Login attempts per username (so nobody can guess a password quickly).
+    "LOGIN_RATE": env_int("LOGIN_RATE_PER_MINUTE", 20),
+    # New WebSockets and long-polls per client address. Loopback is exempt: a proxy
+    # on the same host without daphne's --proxy-headers would otherwise put every
+    # client into one bucket (and local benchmarks and tests connect from there).
+    "CONNECT_RATE": env_int("CONNECT_RATE_PER_S", 100),
+    "CONNECT_BURST": env_int("CONNECT_BURST", 1000),
+    "RATE_LIMIT_EXEMPT_IPS": os.environ.get("RATE_LIMIT_EXEMPT_IPS", "127.0.0.0/8,::1"),
+    # The admin's stuck-queue view lists devices whose oldest undelivered event is older.
+    "STUCK_INBOX_MINUTES": env_int("STUCK_INBOX_MINUTES", 10),
 }
 
 # A REST body is held to the WebSocket's frame limit; larger ones get 413 too_large.

@@ -2,6 +2,7 @@ import base64
 import uuid
 
 import pytest
+import pytest_asyncio
 from channels.layers import channel_layers
 
 from apps.accounts import services as account_services
@@ -80,6 +81,19 @@ def keys_publish(device, *, one_time: int = 0, start_id: int = 1):
         ],
     )
     return identity
+
+
+@pytest_asyncio.fixture
+async def settle_batches(transactional_db):
+    """Let background ack batches commit before the database is flushed.
+
+    An ack commits after the socket answered; a TRUNCATE at teardown racing such a
+    commit can deadlock. Requesting transactional_db makes this teardown run first.
+    """
+    yield
+    from apps.messaging import batching
+
+    await batching.settle()
 
 
 class People:

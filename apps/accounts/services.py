@@ -44,7 +44,13 @@ def user_register(*, username: str, password: str, display_name: str = "") -> Us
 
 def device_login(*, username: str, password: str, device_name: str) -> tuple[Device, str]:
     """Check the password and create a new device; return it and its token (shown once)."""
-    rate_limit_hit(scope="login", key=username.lower()[:150], limit=20, period_s=60)
+    rate_limit_hit(
+        scope="login",
+        key=username.lower()[:150],
+        limit=settings.NATTER["LOGIN_RATE"],
+        period_s=60,
+        message="Too many logins for this username; retry later.",
+    )
     user = authenticate(username=username, password=password)
     if user is None:
         # Usernames are matched case-insensitively at login like everywhere else.

@@ -5,7 +5,7 @@ import logging
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
-from rest_framework import exceptions, status
+from rest_framework import exceptions, parsers, status
 from rest_framework.response import Response
 
 from apps.common.errors import OUTAGES, NatterError, TooLarge, Unavailable
@@ -24,6 +24,22 @@ _DRF_CODES = {
     exceptions.ValidationError: ("bad_request", 400),
     exceptions.Throttled: ("rate_limited", 429),
 }
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser, but a body nested too deeply is a 400, not a 500.
+
+    Python's json module raises RecursionError (not a ValueError) on a few
+    thousand nested brackets: a 100 KiB body would otherwise crash the request.
+    """
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError as exc:
+            raise exceptions.ParseError(
+                "JSON parse error - the body is nested too deeply."
+            ) from exc
 
 
 def error_response(error: NatterError) -> Response:

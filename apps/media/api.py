@@ -7,6 +7,7 @@ from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
+from rest_framework.parsers import BaseParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -18,6 +19,19 @@ from apps.media import selectors, services
 
 CHUNK_BYTES = 64 * 1024
 _SINGLE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class RawBodyParser(BaseParser):
+    """Accept any body without reading it: the service streams it from the request.
+
+    A parser must exist for DRF's CSRF check on cookie sessions, which asks for
+    `request.POST`; without one that check fails with 415.
+    """
+
+    media_type = "*/*"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        return {}
 
 
 class UploadQuerySerializer(serializers.Serializer):
@@ -46,7 +60,7 @@ class PartQuerySerializer(serializers.Serializer):
 
 class MediaUploadApi(APIView):
     # The body is the encrypted file itself, read as a stream by the service.
-    parser_classes: list = []
+    parser_classes = [RawBodyParser]
 
     @extend_schema(
         parameters=[UploadQuerySerializer],
@@ -98,23 +112,8 @@ class MediaUploadStartApi(APIView):
 
 class MediaDownloadApi(APIView):
     # PATCH bodies are raw parts, read as a stream by the service.
-    parser_classes: list = []
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("Range", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False)
-        ],
-        responses={
-            (200, "application/octet-stream"): OpenApiTypes.BINARY,
-            (206, "application/octet-stream"): OpenApiTypes.BINARY,
-            404: OpenApiResponse(description="`not_found`: no such file, or not yours to see"),
-            410: OpenApiResponse(description="`media_expired`"),
-            416: OpenApiResponse(description="`range_not_satisfiable`"),
-        },
-        description=(
-            "The encrypted blob, to members of its conversation only. `Range: bytes=a-b`"
-            " resumes a download (206)."
-        ),
-    )
+    parser_classes = [RawBodyParser]
+
     @extend_schema(
         parameters=[PartQuerySerializer],
         request={"application/octet-stream": OpenApiTypes.BINARY},
@@ -139,6 +138,22 @@ class MediaDownloadApi(APIView):
         )
         return Response(selectors.media_public(media))
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("Range", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False)
+        ],
+        responses={
+            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            (206, "application/octet-stream"): OpenApiTypes.BINARY,
+            404: OpenApiResponse(description="`not_found`: no such file, or not yours to see"),
+            410: OpenApiResponse(description="`media_expired`"),
+            416: OpenApiResponse(description="`range_not_satisfiable`"),
+        },
+        description=(
+            "The encrypted blob, to members of its conversation only. `Range: bytes=a-b`"
+            " resumes a download (206)."
+        ),
+    )
     def get(self, request, media_id: str):
         key = ids.decode(ids.MEDIA, media_id)
         media = selectors.media_for_member(user_id=request.user.id, media_id=key) if key else None

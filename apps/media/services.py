@@ -32,9 +32,11 @@ def _member_check(device: Device, conversation_id: int) -> None:
         limit=settings.NATTER["MEDIA_UPLOAD_RATE"],
         period_s=60,
     )
-    if not Membership.objects.current().filter(
-        user_id=device.user_id, conversation_id=conversation_id
-    ).exists():
+    if (
+        not Membership.objects.current()
+        .filter(user_id=device.user_id, conversation_id=conversation_id)
+        .exists()
+    ):
         raise NotMember()
 
 

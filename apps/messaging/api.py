@@ -5,8 +5,10 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.common import ids
-from apps.common.errors import NotFound, NotMember
+from apps.accounts.authentication import DeviceSessionAuthentication
+from apps.common import ids, metrics
+from apps.common.errors import NotFound, NotMember, Unauthorized
+from apps.common.ratelimit import connect_hit
 from apps.common.validation import validated
 from apps.messaging import selectors, serializers, services
 
@@ -78,6 +80,9 @@ class MessageSendApi(APIView):
         result = services.message_send(
             sender_device=request.auth, **serializers.send_arguments(data)
         )
+        metrics.SENDS.labels("rest").inc()
+        if result.duplicate:
+            metrics.SEND_DUPLICATES.inc()
         return Response(
             result.as_ack(),
             status=status.HTTP_200_OK if result.duplicate else status.HTTP_201_CREATED,
@@ -91,6 +96,7 @@ class EventsAckApi(APIView):
     def post(self, request):
         data = validated(serializers.CursorSerializer, request.data)
         acked = services.inbox_ack_handed_out(device=request.auth, cursor=data["cursor"])
+        metrics.ACKS.labels("rest").inc()
         return Response({"cursor": acked})
 
 
@@ -122,6 +128,13 @@ class EventsPollApi(APIView):
         ),
     )
     def get(self, request):
+        # A GET that acks: like the consumer, a cookie counts only with the header a
+        # foreign page cannot add (a cross-site link must not empty anybody's inbox).
+        if isinstance(
+            request.successful_authenticator, DeviceSessionAuthentication
+        ) and not request.headers.get("X-Natter-Session"):
+            raise Unauthorized("A session needs the X-Natter-Session header here.")
+        connect_hit(request.META.get("REMOTE_ADDR"))
         query = validated(serializers.EventsQuerySerializer, request.query_params.dict())
         return Response(
             services.inbox_poll(device=request.auth, cursor=query["cursor"], limit=query["limit"])

@@ -77,6 +77,17 @@ def _batchers() -> dict:
     return batchers
 
 
+async def settle() -> None:
+    """Wait until this loop's batches and doorbells are done (tests: before a reset)."""
+    from apps.messaging.events import IN_FLIGHT
+
+    for _ in range(500):
+        batchers = _loops.get(asyncio.get_running_loop(), {})
+        if not IN_FLIGHT and not any(b.running or b.pending for b in batchers.values()):
+            return
+        await asyncio.sleep(0.01)
+
+
 async def inbox_ack(device, cursor: int) -> None:
     """Ack a device's inbox up to `cursor`; return once it is committed."""
     await _batchers()["ack"].call((device, cursor))

@@ -10,11 +10,20 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from apps.accounts.scope_auth import device_for_scope
-from apps.common import jsonutil
+from apps.common import jsonutil, metrics
 from apps.common.db import db_call
-from apps.common.errors import OUTAGES, BadRequest, NatterError, TooLarge, Unavailable, UnknownType
+from apps.common.errors import (
+    OUTAGES,
+    BadRequest,
+    NatterError,
+    RateLimited,
+    TooLarge,
+    Unavailable,
+    UnknownType,
+)
+from apps.common.ratelimit import aconnect_hit, scope_client_ip
 from apps.common.validation import validated
-from apps.messaging import batching, selectors, serializers, services
+from apps.messaging import batching, delivery, selectors, serializers, services
 from apps.messaging.events import device_group
 from apps.presence.consumers import PresenceSocketMixin
 
@@ -29,12 +38,23 @@ class InboxConsumer(PresenceSocketMixin, AsyncWebsocketConsumer):
     """Push a device's inbox with at most `window` unacknowledged events in flight."""
 
     async def connect(self):
+        self.device = None
+        try:
+            # Counted before authentication: a flood of connects costs a Redis call each.
+            await aconnect_hit(scope_client_ip(self.scope))
+        except RateLimited as error:
+            await self.accept()
+            await self.send_frame({"type": "error", "ref": None, **error.as_dict()})
+            await self.close(code=CLOSE_ABUSE)
+            return
         self.device = await device_for_scope(self.scope, websocket=True)
         # Accept first: a close code (4401) can only be sent on an open socket.
         await self.accept()
         if self.device is None:
             await self.close(code=CLOSE_UNAUTHORIZED)
             return
+        metrics.SOCKETS.inc()
+        self.counted = True
         conf = settings.NATTER
         self.window = conf["WINDOW"]
         self.group = device_group(self.device.id)
@@ -65,6 +85,9 @@ class InboxConsumer(PresenceSocketMixin, AsyncWebsocketConsumer):
         await self.pump()
 
     async def disconnect(self, code):
+        if getattr(self, "counted", False):
+            metrics.SOCKETS.dec()
+            self.counted = False
         await self.presence_close()
         if getattr(self, "group", None):
             await self.channel_layer.group_discard(self.group, self.channel_name)
@@ -75,25 +98,12 @@ class InboxConsumer(PresenceSocketMixin, AsyncWebsocketConsumer):
         ref = None
         try:
             await self.presence_heard()
-            if text_data is None:
-                raise BadRequest("Frames must be JSON text.")
-            if _utf8_length(text_data) > settings.NATTER["FRAME_MAX_BYTES"]:
-                raise TooLarge(
-                    "The frame is too large.", max_bytes=settings.NATTER["FRAME_MAX_BYTES"]
-                )
-            try:
-                frame = jsonutil.loads(text_data)
-            except ValueError as exc:
-                raise BadRequest("The frame is not valid JSON.") from exc
-            if not isinstance(frame, dict):
-                raise BadRequest("A frame is a JSON object.")
-            ref = frame.get("id")
-            if ref is not None and not _valid_ref(ref):
-                ref = None
-                raise BadRequest("A frame id is a string of at most 64 characters or an integer.")
-            handler = self.FRAME_HANDLERS.get(frame.get("type"))
+            frame, ref = parse_frame(text_data)
+            kind = frame.get("type")
+            # Only a string names a handler: a list or object `type` is unhashable.
+            handler = self.FRAME_HANDLERS.get(kind) if isinstance(kind, str) else None
             if handler is None:
-                raise UnknownType(f"Unknown frame type {frame.get('type')!r}.")
+                raise UnknownType(f"Unknown frame type {kind!r}."[:200])
             await handler(self, frame, ref)
         except NatterError as error:
             await self.send_error(error, ref)
@@ -106,12 +116,16 @@ class InboxConsumer(PresenceSocketMixin, AsyncWebsocketConsumer):
         result = await db_call(services.message_send)(
             sender_device=self.device, **serializers.send_arguments(data)
         )
+        metrics.SENDS.labels("ws").inc()
+        if result.duplicate:
+            metrics.SEND_DUPLICATES.inc()
         await self.send_frame({"type": "ack", "ref": ref, **result.as_ack()})
 
     async def on_ack(self, frame, ref):
         cursor = validated(serializers.CursorSerializer, frame)["cursor"]
         # Never delete what this socket has not pushed: a client cannot ack unseen rows.
         cursor = min(cursor, self.pushed_cursor)
+        metrics.ACKS.labels("ws").inc()
         while self.in_flight and self.in_flight[0] <= cursor:
             self.in_flight.popleft()
         if cursor > 0:
@@ -172,10 +186,15 @@ class InboxConsumer(PresenceSocketMixin, AsyncWebsocketConsumer):
             self.more_waiting = True
             return
         page = await batching.inbox_after(self.device.id, self.pushed_cursor, room)
+        metrics.observe_pushed(page, "ws")
         for item in page:
             await self.send(text_data=jsonutil.dumps({"type": "event", **item}))
             self.pushed_cursor = item["cursor"]
             self.in_flight.append(item["cursor"])
+        if page:  # for staff's delivery trace; written in the background
+            delivery.amark_pushed(
+                device_id=self.device.id, cursor=self.pushed_cursor, transport="ws"
+            )
         exhausted = len(page) < room
         # Until a doorbell rings, there is nothing to look for once the inbox ran out.
         self.more_waiting = not exhausted
@@ -188,12 +207,38 @@ class InboxConsumer(PresenceSocketMixin, AsyncWebsocketConsumer):
 
     async def send_error(self, error: NatterError, ref):
         await self.send_frame({"type": "error", "ref": ref, **error.as_dict()})
+        if isinstance(error, Unavailable):
+            # Our outage, not the client's abuse: a database or Redis outage must not
+            # close every socket that keeps retrying with 4429 (a close for good).
+            return
         now = time.monotonic()
         self.errors.append(now)
         while self.errors and self.errors[0] < now - settings.NATTER["ABUSE_WINDOW_S"]:
             self.errors.popleft()
         if len(self.errors) > settings.NATTER["ABUSE_ERRORS"]:
             await self.close(code=CLOSE_ABUSE)
+
+
+def parse_frame(text_data: str | None) -> tuple[dict, str | int | None]:
+    """Read a client frame: a JSON object of at most FRAME_MAX_BYTES, with a valid `id`.
+
+    Returns the frame and its `id` (None when it has none); raises BadRequest or
+    TooLarge, and never anything else, whatever the client sent.
+    """
+    if text_data is None:
+        raise BadRequest("Frames must be JSON text.")
+    if _utf8_length(text_data) > settings.NATTER["FRAME_MAX_BYTES"]:
+        raise TooLarge("The frame is too large.", max_bytes=settings.NATTER["FRAME_MAX_BYTES"])
+    try:
+        frame = jsonutil.loads(text_data)
+    except ValueError as exc:  # orjson: also NaN, Infinity, lone surrogates, > 64-bit ints
+        raise BadRequest("The frame is not valid JSON.") from exc
+    if not isinstance(frame, dict):
+        raise BadRequest("A frame is a JSON object.")
+    ref = frame.get("id")
+    if ref is not None and not _valid_ref(ref):
+        raise BadRequest("A frame id is a string of at most 64 characters or an integer.")
+    return frame, ref
 
 
 def _valid_ref(ref) -> bool:

@@ -4,15 +4,20 @@ The channel layer is at-most-once, so it only ever says "look at your inbox";
 every event it announces is already a committed row (PROTOCOL §0.1).
 """
 
+import asyncio
 import logging
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
+from apps.common.db import CALLER_LOOP
+
 logger = logging.getLogger("natter.events")
 
 RING = {"type": "inbox.ring"}
+# Doorbells handed to a loop and not yet sent (tests wait for them; see batching.settle).
+IN_FLIGHT: set = set()
 
 
 def device_group(device_id: int) -> str:
@@ -33,13 +38,38 @@ def device_revoked_on_commit(*, device_id: int) -> None:
 
 
 def _group_send_all(sends: list[tuple[str, dict]]) -> None:
-    # One async_to_sync around all the sends, not one per send (STACK-NOTES trap 8).
     # A lost doorbell loses nothing, so a failing layer is logged, never raised:
     # the rows are committed and clients find them on their next poll or ping.
+    loop = CALLER_LOOP.get()
+    if loop is not None and loop.is_running() and not _on_loop(loop):
+        # On a daphne database thread: hand the doorbells to the server's loop and
+        # go on. Waiting for them would hold the thread (and its connection) while
+        # the loop is busy, which capped sends per second.
+        future = asyncio.run_coroutine_threadsafe(_send_many(sends), loop)
+        IN_FLIGHT.add(future)
+        future.add_done_callback(IN_FLIGHT.discard)
+        future.add_done_callback(_report_failure(len(sends)))
+        return
+    # One async_to_sync around all the sends, not one per send (STACK-NOTES trap 8).
     try:
         async_to_sync(_send_many)(sends)
     except Exception:
         logger.exception("could not ring %d doorbell(s)", len(sends))
+
+
+def _on_loop(loop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _report_failure(count: int):
+    def report(future) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            logger.error("could not ring %d doorbell(s): %r", count, future.exception())
+
+    return report
 
 
 async def _send_many(sends: list[tuple[str, dict]]) -> None:

@@ -7,15 +7,17 @@ never across the wait (trap 3).
 """
 
 import asyncio
+import contextlib
 from urllib.parse import parse_qsl
 
 from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 
 from apps.accounts.scope_auth import device_for_scope
-from apps.common import jsonutil
+from apps.common import jsonutil, metrics
 from apps.common.db import db_call
 from apps.common.errors import OUTAGES, MethodNotAllowed, NatterError, Unauthorized, Unavailable
+from apps.common.ratelimit import aconnect_hit, scope_client_ip
 from apps.common.validation import validated
 from apps.messaging import serializers, services
 from apps.messaging.events import device_group
@@ -25,6 +27,19 @@ from apps.presence.consumers import PresencePollMixin
 class EventsLongPollConsumer(PresencePollMixin, AsyncHttpConsumer):
     group: str | None = None
     timer: asyncio.TimerHandle | None = None
+    responded = False
+
+    async def __call__(self, scope, receive, send):
+        # A held poll waits on the channel layer, which is Redis: when Redis goes
+        # away under it, answer the retryable 503 `unavailable` like every other
+        # path does, instead of letting daphne turn the exception into a 500 page
+        # (which clients rightly take as final).
+        try:
+            await super().__call__(scope, receive, send)
+        except OUTAGES:
+            if not self.responded:
+                with contextlib.suppress(StopConsumer):
+                    await self.respond_error(Unavailable())
 
     async def http_request(self, message):
         if message.get("more_body"):
@@ -32,6 +47,7 @@ class EventsLongPollConsumer(PresencePollMixin, AsyncHttpConsumer):
         try:
             if self.scope["method"] != "GET":
                 await self.respond_error(MethodNotAllowed())
+            await aconnect_hit(scope_client_ip(self.scope))
             self.device = await device_for_scope(self.scope, websocket=False)
             if self.device is None:
                 raise Unauthorized()
@@ -50,6 +66,8 @@ class EventsLongPollConsumer(PresencePollMixin, AsyncHttpConsumer):
             if page["events"] or self.ephemeral or params["timeout"] == 0:
                 await self.finish(page)
             await self.presence_poll_wait()
+            metrics.LONGPOLLS_WAITING.inc()
+            self.waiting = True
             loop = asyncio.get_running_loop()
             self.timer = loop.call_later(params["timeout"], self._timed_out)
         except NatterError as error:
@@ -84,6 +102,8 @@ class EventsLongPollConsumer(PresencePollMixin, AsyncHttpConsumer):
         """A WebSocket of the same device opened; a long-poll is not affected."""
 
     async def finish(self, body: dict):
+        metrics.observe_pushed(body["events"], "longpoll")
+        metrics.LONGPOLLS.labels("events" if body["events"] else "empty").inc()
         await self.presence_poll_answered()
         await self.send_json(200, {**body, "ephemeral": self.ephemeral}, [])
 
@@ -106,18 +126,24 @@ class EventsLongPollConsumer(PresencePollMixin, AsyncHttpConsumer):
             (b"content-length", str(len(data)).encode()),
             (b"cache-control", b"no-store"),
         ]
+        self.responded = True
         await self.send_response(status, data, headers=headers)
         await self.leave()
         raise StopConsumer()
 
     async def leave(self):
+        if getattr(self, "waiting", False):
+            metrics.LONGPOLLS_WAITING.dec()
+            self.waiting = False
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.group is not None:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
-            self.group = None
-        await self.presence_poll_leave()
+        group, self.group = self.group, None
+        # Best effort: groups expire in the layer, and Redis may be what just failed.
+        with contextlib.suppress(*OUTAGES):
+            if group is not None:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            await self.presence_poll_leave()
 
     async def http_disconnect(self, message):
         await self.leave()

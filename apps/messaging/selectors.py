@@ -239,3 +239,100 @@ def conversation_devices(*, user: User, conversation_id: int) -> dict | None:
             for user_id, device_id, key in devices
         ],
     }
+
+
+# --- Staff: delivery traces and stuck inboxes (the admin; never a body) ---------------
+
+
+def message_trace(*, message: Message) -> dict:
+    """Where a message stands: stored, fanned out, pushed, acked, read, with times.
+
+    Built from what the server keeps anyway: the message row, its inbox rows (one
+    per device until that device acks), the devices' last push marks, and the
+    per-recipient receipts. Reads no body.
+    """
+    from apps.messaging import delivery
+
+    rows = list(
+        InboxEntry.objects.filter(message_id=message.id)
+        .order_by("device_id")
+        .values_list("device_id", "cursor", "created_at", "envelope")
+    )
+    receipts = list(
+        Receipt.objects.filter(message_id=message.id)
+        .order_by("user_id")
+        .values_list("user_id", "delivered_at", "read_at", "expired_at")
+    )
+    recipients = [r[0] for r in receipts]
+    devices = list(
+        Device.objects.filter(user_id__in=[*recipients, message.sender_user_id])
+        .exclude(id=message.sender_device_id)
+        .select_related("user")
+        .order_by("user_id", "created_at")
+    )
+    waiting = {device_id: (cursor, at, envelope) for device_id, cursor, at, envelope in rows}
+    marks = delivery.pushed_marks(d.id for d in devices)
+    group = (
+        message.group_body is not None
+        or message.fanout_pending
+        or any(envelope == "group" for *_, envelope in rows)
+    )
+    if message.fanout_pending:
+        fanout = {"state": "pending", "at": None}
+    elif group:
+        written = [at for _, _, at, envelope in rows if envelope == "group"]
+        fanout = {"state": "done", "at": min(written) if written else None}
+    else:
+        fanout = {"state": "with the message", "at": message.created_at}
+    device_rows = []
+    for device in devices:
+        mark = marks.get(device.id)
+        row = waiting.get(device.id)
+        if row is not None:
+            cursor, at, _ = row
+            pushed = mark is not None and mark[0] >= cursor
+            state = "pushed, not acked" if pushed else "waiting to be pushed"
+        elif device.created_at > message.created_at:
+            state, cursor, at, pushed = "joined after the message", None, None, False
+        elif device.revoked_at is not None:
+            state, cursor, at, pushed = "revoked (its inbox was dropped)", None, None, False
+        else:
+            state, cursor, at, pushed = "acked (no copy left)", None, None, False
+        device_rows.append(
+            {
+                "device": device,
+                "state": state,
+                "cursor": cursor,
+                "waiting_since": at,
+                "pushed_at": mark[1] if pushed else None,
+                "pushed_via": mark[2] if pushed else None,
+                "last_push": mark,
+            }
+        )
+    return {
+        "stored_at": message.created_at,
+        "fanout": fanout,
+        "recipients": [
+            {"user_id": u, "delivered_at": d, "read_at": r, "expired_at": e}
+            for u, d, r, e in receipts
+        ],
+        "devices": device_rows,
+        "waiting": len(rows),
+    }
+
+
+def devices_with_inbox_age(queryset):
+    """Annotate devices with their oldest undelivered event's time and how many wait.
+
+    The oldest is the lowest cursor (cursors only grow), read on the (device, cursor)
+    index; no body is read.
+    """
+    from django.db.models import Count, OuterRef, Subquery
+
+    rows = InboxEntry.objects.filter(device_id=OuterRef("pk"))
+    return queryset.annotate(
+        inbox_oldest=Subquery(rows.order_by("cursor").values("created_at")[:1]),
+        inbox_waiting=Subquery(
+            rows.order_by().values("device_id").annotate(n=Count("id")).values("n")[:1]
+        ),
+    )

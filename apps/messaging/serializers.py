@@ -4,7 +4,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from apps.common import ids
-from apps.common.fields import Base64Field, PublicIdField, StrictIntegerField
+from apps.common.fields import Base64Field, PublicIdField, StrictIntegerField, UUIDStringField
 from apps.messaging.models import Message
 
 MAX_INT = 2**63 - 1
@@ -17,7 +17,7 @@ class CiphertextSerializer(serializers.Serializer):
 
 
 class MessageSendSerializer(serializers.Serializer):
-    client_id = serializers.UUIDField(format="hex_verbose")
+    client_id = UUIDStringField(format="hex_verbose")
     conversation = PublicIdField(ids.CONVERSATION)
     kind = serializers.ChoiceField(choices=Message.Kind.choices)
     ciphertexts = CiphertextSerializer(

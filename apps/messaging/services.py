@@ -20,7 +20,7 @@ from apps.accounts.models import Device, User
 from apps.common import ids
 from apps.common.errors import BadRequest, DeviceMismatch, NotFound, NotMember
 from apps.common.ratelimit import rate_limit_hit
-from apps.messaging import events
+from apps.messaging import delivery, events
 from apps.messaging.models import Conversation, InboxEntry, Membership, Message, Receipt
 
 
@@ -100,7 +100,12 @@ def message_send(
     removed as unused.
     """
     rate_limit_hit(
-        scope="send", key=str(sender_device.id), limit=settings.NATTER["SEND_RATE"], period_s=60
+        scope="send",
+        key=str(sender_device.id),
+        limit=settings.NATTER["SEND_RATE"],
+        period_s=1,
+        burst=settings.NATTER["SEND_BURST"],
+        message="Too many messages; slow down.",
     )
     original = _message_by_client_id(sender_device, client_id)
     if original is not None:
@@ -819,6 +824,7 @@ def inbox_page(*, device: Device, after_cursor: int, limit: int) -> dict:
         # means an event is pushed again (at-least-once), never one deleted unseen.
         if next_cursor > (cache.get(key) or 0):
             cache.set(key, next_cursor, timeout=86400 * settings.NATTER["RETENTION_DAYS"])
+        delivery.mark_pushed(device_id=device.id, cursor=next_cursor, transport="longpoll")
     return {"events": page, "next_cursor": next_cursor, "ephemeral": [], "has_more": has_more}
 
 

@@ -30,7 +30,8 @@ from django.db.models import Q
 from apps.accounts.models import Device, User
 from apps.common import ids
 from apps.common.db import db_call
-from apps.common.errors import OUTAGES, BadRequest, NotMember, RateLimited
+from apps.common.errors import OUTAGES, BadRequest, NotMember
+from apps.common.ratelimit import arate_limit_hit, rate_limit_hit
 from apps.presence import events, selectors
 from apps.presence.store import get_store
 
@@ -412,17 +413,14 @@ def presence_visibility_changed(*, user_id: int, visibility: str) -> None:
 # --- Typing -------------------------------------------------------------------------------
 
 
-def _typing_limit(device: Device, retry_after: int) -> None:
-    if retry_after:
-        raise RateLimited("Too many typing notices; slow down.", retry_after=retry_after)
-
-
-def _typing_key(device: Device) -> dict:
+def _typing_limit(device: Device) -> dict:
+    # A token bucket like every other limit (apps/common/ratelimit.py): 0 turns it off.
     return {
-        "key": f"typing:{device.id}",
+        "scope": "typing",
+        "key": str(device.id),
         "limit": _conf("TYPING_RATE"),
         "period_s": 10,
-        "now": time.time(),
+        "message": "Too many typing notices; slow down.",
     }
 
 
@@ -441,8 +439,8 @@ async def atyping_send(
 
     Dropped, without an error, in conversations of more than TYPING_MAX_MEMBERS.
     """
-    if limited and _conf("TYPING_RATE") > 0:
-        _typing_limit(device, await get_store().ahit(**_typing_key(device)))
+    if limited:
+        await arate_limit_hit(**_typing_limit(device))
     device_ids = await db_call(selectors.typing_audience)(
         user_id=device.user_id, conversation_id=conversation_id
     )
@@ -454,8 +452,7 @@ async def atyping_send(
 
 def typing_send(*, device: Device, conversation_id: int, state: str) -> None:
     """The REST form of atyping_send, for long-poll clients."""
-    if _conf("TYPING_RATE") > 0:
-        _typing_limit(device, get_store().hit(**_typing_key(device)))
+    rate_limit_hit(**_typing_limit(device))
     device_ids = selectors.typing_audience(user_id=device.user_id, conversation_id=conversation_id)
     if device_ids:
         events.typing_notify(

@@ -13,6 +13,7 @@ import pytest
 from django.db import connections
 
 ROOT = Path(__file__).resolve().parents[2]
+METRICS_TOKEN = "e2e-metrics-token"
 BIN = Path(sys.executable).parent
 
 
@@ -56,6 +57,7 @@ def natter_server(django_db_setup, django_db_blocker, tmp_path_factory):
         "DB_POOL_MAX": "10",
         "PYTHONUNBUFFERED": "1",
         "MEDIA_ROOT": str(logs / "media"),
+        "METRICS_TOKEN": METRICS_TOKEN,
         # Small enough that the over-size tests send the whole body quickly.
         "MEDIA_MAX_BYTES": str(16 * 1024 * 1024),
         "FILE_UPLOAD_TEMP_DIR": str(logs / "upload-tmp"),

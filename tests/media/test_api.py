@@ -311,3 +311,34 @@ def test_an_unfinished_upload_is_removed_after_a_day(chat, media_root):
     assert counts["unreferenced"] == 1
     assert blobs(media_root) == []
     assert part(a, media_id, 5, b"67890").status_code == 404
+
+
+def test_a_browser_session_uploads_with_its_csrf_token_and_not_without(people, media_root):
+    from django.test import Client
+
+    alice, bob = people.user(), people.user()
+    people.device(bob)
+    browser = Client(enforce_csrf_checks=True)
+    answer = browser.post(
+        "/api/v1/auth/login",
+        {"username": alice.username, "password": "a long pass phrase 42", "session": True},
+        content_type="application/json",
+    )
+    assert answer.status_code == 201
+    device_token = answer.json()["token"]
+    keys = APIClient()
+    keys.credentials(HTTP_AUTHORIZATION=f"Bearer {device_token}")
+    from tests.conftest import keys_upload_body
+
+    assert keys.put("/api/v1/keys", keys_upload_body()[0], format="json").status_code == 200
+    conversation, _ = conversation_direct_get_or_create(user=alice, other_user_id=bob.id)
+    url = f"/api/v1/media?conversation={conversation.public_id}"
+    refused = browser.generic("POST", url, b"blob", content_type="application/octet-stream")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    token = browser.cookies["csrftoken"].value
+    for content_type in ("application/octet-stream", ""):
+        r = browser.generic(
+            "POST", url, b"encrypted blob", content_type=content_type, HTTP_X_CSRFTOKEN=token
+        )
+        assert r.status_code == 201, r.content
+        assert r.json()["size"] == len(b"encrypted blob")

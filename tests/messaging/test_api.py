@@ -211,7 +211,7 @@ def test_bad_input_gets_documented_codes_never_a_500(pair, settings):
 
 
 def test_send_rate_limit_is_429_with_retry_after(pair, settings):
-    settings.NATTER = {**settings.NATTER, "SEND_RATE": 3}
+    settings.NATTER = {**settings.NATTER, "SEND_RATE": 1, "SEND_BURST": 3}
     alice, bob, a, b, conversation = pair
     statuses = [
         a.post("/api/v1/messages", message(conversation, [bob["device"]["id"]]), format="json")

@@ -9,7 +9,11 @@ from apps.messaging import batching, services
 from apps.messaging.models import InboxEntry, Receipt
 from tests.messaging.helpers import inbox
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.asyncio,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("settle_batches"),
+]
 
 
 @database_sync_to_async

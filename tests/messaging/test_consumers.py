@@ -14,7 +14,11 @@ from config.asgi import application
 from tests.conftest import b64
 from tests.messaging.helpers import send
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.asyncio,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("settle_batches"),
+]
 
 
 def socket(token: str | None = None, origin: str = "http://127.0.0.1") -> WebsocketCommunicator:
@@ -191,6 +195,28 @@ async def test_repeated_abuse_closes_the_socket_with_4429(people, settings):
         await ws.send_to(text_data="junk")
     codes = [await ws.receive_output() for _ in range(7)]
     assert codes[-1] == {"type": "websocket.close", "code": 4429}
+    await ws.disconnect()
+
+
+async def test_unavailable_answers_do_not_count_as_abuse(people, settings):
+    """An outage answers every frame `unavailable`; a client retrying is not abusive.
+
+    Found by the fault suite (tests/faults, Postgres stopped): every socket that kept
+    sending through a 10 s database outage was closed for good with 4429.
+    """
+    from django.db import OperationalError
+
+    settings.NATTER = {**settings.NATTER, "ABUSE_ERRORS": 5}
+    alice, bob, a1, b1, conversation = await make_chat(people)
+    ws, _ = await connected(a1)
+    await frames_until(ws, "drained")
+    with mock.patch.object(services, "message_send", side_effect=OperationalError("down")):
+        for i in range(8):
+            await ws.send_json_to(send_frame(conversation, b1, frame_id=f"s{i}"))
+            frame = await ws.receive_json_from(timeout=5)
+            assert (frame["code"], frame["ref"]) == ("unavailable", f"s{i}")
+    await ws.send_json_to({"type": "ping", "id": "p"})
+    assert await ws.receive_json_from(timeout=5) == {"type": "pong", "ref": "p"}
     await ws.disconnect()
 
 

@@ -11,7 +11,11 @@ from apps.messaging import services
 from config.asgi import application
 from tests.messaging.helpers import send
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.asyncio,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("settle_batches"),
+]
 
 
 def poll(token: str | None, query: str, method: str = "GET") -> HttpCommunicator:
@@ -115,3 +119,28 @@ async def test_an_api_body_over_the_limit_is_413_too_large_before_django_reads_i
     assert response["status"] == 413
     error = json.loads(response["body"])["error"]
     assert error["code"] == "too_large" and error["max_bytes"] == live.DATA_UPLOAD_MAX_MEMORY_SIZE
+
+
+async def test_a_held_poll_whose_channel_layer_fails_answers_503_unavailable(people):
+    """Redis going away under a waiting poll is a retryable 503, not daphne's 500 page.
+
+    Found by the fault suite (tests/faults, Redis restarted mid-traffic): the SDK
+    rightly gives up on a 500, so long-poll clients stopped receiving.
+    """
+    from unittest import mock
+
+    from channels.layers import get_channel_layer
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    a1, b1, conversation = await make_chat(people)
+    layer = get_channel_layer()
+
+    async def receive_fails(self, channel):
+        await asyncio.sleep(0.3)
+        raise RedisConnectionError("Redis went away")
+
+    with mock.patch.object(type(layer), "receive", receive_fails):
+        response = await poll(b1.token, "cursor=0&timeout=20").get_response(timeout=5)
+    assert response["status"] == 503
+    assert dict(response["headers"])[b"retry-after"] == b"2"
+    assert json.loads(response["body"])["error"]["code"] == "unavailable"

@@ -20,7 +20,11 @@ from tests.presence.helpers import (
     subscribe,
 )
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.asyncio,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("settle_batches"),
+]
 
 
 @database_sync_to_async
@@ -330,7 +334,8 @@ async def test_a_silent_socket_is_closed_with_4408_and_its_device_goes_offline(p
     pinger = asyncio.ensure_future(keep_pinging())
     closed = await silent.receive_output(timeout=3)
     assert closed == {"type": "websocket.close", "code": 4408}
-    assert 0.45 < time.monotonic() - opened < 1.5  # 2.5 × 0.2 s
+    # 2.5 × 0.2 s; the upper bound leaves room for a loaded machine.
+    assert 0.45 < time.monotonic() - opened < 2.5
     await pinger
     # The pinging socket stayed open all along: twelve pongs, no close.
     assert [(await pinging.receive_json_from())["type"] for _ in range(12)] == ["pong"] * 12
@@ -396,6 +401,8 @@ async def test_messaging_goes_on_when_the_registry_is_unreachable(people, settin
     await a.send_json_to(
         {"type": "typing", "id": "t", "conversation": conversation.public_id, "state": "paused"}
     )
-    assert (await next_of(a, "error"))["code"] == "unavailable"
+    # Typing travels on the channel layer and is limited in the cache's Redis: it
+    # does not need the registry either.
+    assert (await next_of(a, "ok"))["ref"] == "t"
     for ws in (a, b):
         await ws.disconnect()

@@ -16,7 +16,11 @@ from tests.messaging.helpers import send
 from tests.presence.helpers import direct_chat, next_of, open_socket, status_of
 from tests.presence.test_consumers import online, users_with_devices
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.asyncio,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("settle_batches"),
+]
 
 
 def poll(device, query: str) -> HttpCommunicator:

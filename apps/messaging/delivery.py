@@ -1,0 +1,91 @@
+"""How far each device's inbox was pushed, for staff's delivery trace (the admin).
+
+One small key per device in the cache's Redis, `inbox:pushed:<device>` =
+"<cursor> <epoch seconds> <ws|longpoll>", set when a socket pushes a page of
+events or a long-poll hands one out. Best effort and never waited for by a client:
+a lost mark only makes the trace show an older push. Postgres stays the truth of
+what is delivered (a row is deleted when its device acks it).
+"""
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+from django.conf import settings
+from django.core.cache import cache
+
+from apps.common.errors import OUTAGES
+from apps.common.rediscache import async_client, sync_client
+
+logger = logging.getLogger("natter.events")
+
+# Marks being written (kept referenced until done, so they are not collected).
+_PENDING: set = set()
+
+
+def _name(device_id: int) -> str:
+    return f"inbox:pushed:{device_id}"
+
+
+def _ttl_s() -> int:
+    return 86400 * settings.NATTER["RETENTION_DAYS"]
+
+
+def _value(cursor: int, transport: str) -> str:
+    return f"{cursor} {time.time():.6f} {transport}"
+
+
+def mark_pushed(*, device_id: int, cursor: int, transport: str) -> None:
+    """Remember that a device was handed its events up to `cursor`, and when."""
+    value = _value(cursor, transport)
+    try:
+        client = sync_client()
+        if client is None:
+            cache.set(_name(device_id), value, timeout=_ttl_s())
+        else:
+            client.set(cache.make_key(_name(device_id)), value, ex=_ttl_s())
+    except OUTAGES:
+        logger.warning("could not mark the push of device %s", device_id)
+
+
+def amark_pushed(*, device_id: int, cursor: int, transport: str) -> None:
+    """`mark_pushed` from a socket: written in the background, never awaited."""
+    client = async_client()
+    if client is None:
+        mark_pushed(device_id=device_id, cursor=cursor, transport=transport)
+        return
+    task = asyncio.ensure_future(
+        _aset(client, cache.make_key(_name(device_id)), _value(cursor, transport))
+    )
+    _PENDING.add(task)
+    task.add_done_callback(_PENDING.discard)
+
+
+async def _aset(client, key: str, value: str) -> None:
+    try:
+        await client.set(key, value, ex=_ttl_s())
+    except OUTAGES:
+        logger.warning("could not mark a push (%s)", key)
+
+
+def pushed_marks(device_ids) -> dict[int, tuple[int, datetime, str]]:
+    """The last push of each device that has one: (cursor, when, transport)."""
+    device_ids = list(device_ids)
+    if not device_ids:
+        return {}
+    client = sync_client()
+    if client is None:
+        found = cache.get_many([_name(d) for d in device_ids])
+        raw = [found.get(_name(d)) for d in device_ids]
+    else:
+        raw = client.mget([cache.make_key(_name(d)) for d in device_ids])
+    marks = {}
+    for device_id, value in zip(device_ids, raw, strict=True):
+        if value is None:
+            continue
+        if isinstance(value, bytes):
+            value = value.decode()
+        cursor, at, transport = value.split(" ")
+        marks[device_id] = (int(cursor), datetime.fromtimestamp(float(at), UTC), transport)
+    return marks

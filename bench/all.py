@@ -1,0 +1,172 @@
+"""`make bench`: every scenario against a server it starts, then docs/benchmarks.md.
+
+Each scenario runs as its own process (its own daphne, Postgres database and
+Redis database), prints one JSON line, and is checked against the target set
+for this 2-core machine. The table, the machine and the commands are written
+between the `bench:begin` / `bench:end` markers of docs/benchmarks.md; the rest
+of that page (what each figure means, what each change bought) is prose kept
+by hand.
+
+    .venv/bin/python -m bench.all [--only throughput,latency500] [--no-write]
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+# name, command (after `python -m`), the figure compared with the target, the target.
+SCENARIOS = [
+    (
+        "throughput",
+        "bench.load throughput --pairs 100 --window 8 --processes 2 --seconds 15",
+        "delivered_per_s",
+        (">=", 2000),
+    ),
+    (
+        "latency500",
+        "bench.load latency --rate 500 --pairs 100 --processes 2 --seconds 15",
+        "p99_ms",
+        ("<=", 25),
+    ),
+    (
+        "latency1000",
+        "bench.load latency --rate 1000 --pairs 100 --processes 2 --seconds 15",
+        "p99_ms",
+        None,
+    ),
+    ("idle", "bench.load idle --sockets 10000 --hold 40", "rss_per_socket_kib", ("<=", 64)),
+    ("drain", "bench.load drain --messages 10000", "connect_to_drained_s", ("<=", 2)),
+    ("longpoll", "bench.longpoll_hold --polls 1000 --senders 1", "wake_ms_p99", ("<=", 50)),
+    (
+        "group",
+        "bench.group_fanout --members 256 --messages 20 --processes 2",
+        "last_device_ms_p99",
+        ("<=", 1000),
+    ),
+    ("media", "bench.media_transfer --mib 50", "server_peak_growth_mib", ("<=", 16)),
+]
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), {memory:.0f} GiB, {platform.system()}"
+        f" {platform.release()}, Python {platform.python_version()}"
+    )
+
+
+def run(name: str, command: str) -> dict:
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", *command.split()],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    elapsed = time.monotonic() - started
+    for line in done.stdout.splitlines():
+        if line.startswith("{"):
+            return {"ok": True, "result": json.loads(line), "elapsed_s": round(elapsed)}
+    return {"ok": False, "error": (done.stderr or done.stdout)[-2000:], "elapsed_s": round(elapsed)}
+
+
+def verdict(value, target) -> str:
+    if target is None or value is None:
+        return "—"
+    op, limit = target
+    met = value >= limit if op == ">=" else value <= limit
+    return ("met" if met else "**not met**") + f" ({op} {limit})"
+
+
+def table(runs: dict) -> str:
+    lines = [
+        "| scenario | command | measured | target | other figures |",
+        "|---|---|---|---|---|",
+    ]
+    for name, command, key, target in SCENARIOS:
+        if name not in runs:
+            continue
+        outcome = runs[name]
+        if not outcome["ok"]:
+            lines.append(f"| {name} | `{command}` | failed | {verdict(None, target)} | |")
+            continue
+        result = outcome["result"]
+        value = result.get(key)
+        others = ", ".join(
+            f"{k} {v}"
+            for k, v in result.items()
+            if k not in ("scenario", key) and not isinstance(v, dict)
+        )
+        lines.append(
+            f"| {name} | `python -m {command}` | {key} **{value}** | {verdict(value, target)}"
+            f" | {others} |"
+        )
+    return "\n".join(lines)
+
+
+def write(runs: dict) -> None:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    block = (
+        f"{BEGIN}\n"
+        f"Last `make bench`: {stamp}, on {machine()}; Postgres and Redis on the same\n"
+        "machine, the load generator too. Each row is one scenario's JSON line.\n\n"
+        f"{table(runs)}\n"
+        f"{END}"
+    )
+    text = DOC.read_text()
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        text = head + block + tail
+    else:
+        marker = "\n## "
+        index = text.find(marker)
+        text = text[:index] + "\n\n" + block + "\n" + text[index:]
+    DOC.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="comma-separated scenario names")
+    parser.add_argument("--no-write", action="store_true", help="do not touch the docs")
+    args = parser.parse_args()
+    wanted = set(args.only.split(",")) if args.only else None
+    runs = {}
+    for name, command, key, target in SCENARIOS:
+        if wanted and name not in wanted:
+            continue
+        print(f"== {name}: python -m {command}", flush=True)
+        runs[name] = outcome = run(name, command)
+        if outcome["ok"]:
+            value = outcome["result"].get(key)
+            print(f"   {key} = {value}  {verdict(value, target)}  ({outcome['elapsed_s']} s)")
+        else:
+            print(f"   failed:\n{outcome['error']}")
+    print()
+    print(table(runs))
+    if not args.no_write:
+        write(runs)
+        print(f"\nwrote {DOC.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

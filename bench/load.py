@@ -1,0 +1,339 @@
+"""The load generator: direct messages over the SDK's WebSocket transport, bodies opaque.
+
+    python -m bench.load throughput [--pairs 100] [--window 8] [--seconds 15]
+    python -m bench.load latency --rate 500 [--pairs 100] [--seconds 15]
+    python -m bench.load drain [--messages 10000]
+    python -m bench.load idle [--sockets 10000]
+
+Each starts its own server (daphne on Postgres database `natter_bench_load` and
+REDIS_URL; `--processes N` daphne processes behind nothing, clients spread over
+them; `--url` to aim at a running server or cluster instead, with `--database-url`
+for the bulk setup), prints one JSON line and a table. Bodies are 100 random
+bytes (the first 8 carry the send time): no encryption, so the generator's own CPU
+is what moving frames costs, reported beside the server's.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import struct
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bench.population import make_devices, make_pairs, setup_django
+from bench.server import bench_env, daphne, proc_stats
+from natter_client.transport import WebSocketConnection
+
+BODY = 100
+
+
+def ws_url(url: str) -> str:
+    parts = urlsplit(url)
+    return f"ws://{parts.netloc}/ws/v1/"
+
+
+def connection(url: str, token: str, **kwargs) -> WebSocketConnection:
+    parts = urlsplit(url)
+    return WebSocketConnection(
+        ws_url(url), token, origin=f"{parts.scheme}://{parts.netloc}", **kwargs
+    )
+
+
+def body() -> bytes:
+    return struct.pack("!d", time.perf_counter()) + os.urandom(BODY - 8)
+
+
+def sent_at(data: bytes) -> float:
+    return struct.unpack("!d", data[:8])[0]
+
+
+def cpu_self() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Meter:
+    """CPU of the server processes and of this generator over a measured interval."""
+
+    def __init__(self, pids: list[int]):
+        self.pids = pids
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        self.server0 = [proc_stats(p)["cpu_s"] for p in self.pids]
+        self.self0 = cpu_self()
+        return self
+
+    def __exit__(self, *exc):
+        self.elapsed = time.perf_counter() - self.t0
+        self.server_cpu = [
+            round(100 * (proc_stats(p)["cpu_s"] - c) / self.elapsed, 1)
+            for p, c in zip(self.pids, self.server0, strict=True)
+        ]
+        self.generator_cpu = round(100 * (cpu_self() - self.self0) / self.elapsed, 1)
+
+
+def percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None}
+    ordered = sorted(values)
+
+    def at(q):
+        return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {"p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99), "max_ms": at(1.0)}
+
+
+async def open_all(urls: list[str], tokens: list[str], **kwargs) -> list[WebSocketConnection]:
+    semaphore = asyncio.Semaphore(200)
+
+    async def one(i: int, token: str):
+        async with semaphore:
+            conn = connection(urls[i % len(urls)], token, **kwargs)
+            await conn.start()
+            return conn
+
+    return list(await asyncio.gather(*(one(i, t) for i, t in enumerate(tokens))))
+
+
+async def close_all(conns) -> None:
+    await asyncio.gather(*(c.aclose() for c in conns), return_exceptions=True)
+
+
+# --- throughput and latency ----------------------------------------------------------
+
+
+async def pairs_traffic(urls, pids, pairs, *, window, seconds, warmup, rate=None) -> dict:
+    """Senders send to their receivers; receivers take and ack; count and time deliveries."""
+    senders = await open_all(urls, [s.token for s, _, _ in pairs])
+    receivers = await open_all(urls, [r.token for _, r, _ in pairs])
+    state = {"measuring": False, "stop": False}
+    delivered, latencies, acked, errors = [0], [], [0], [0]
+
+    async def receive(conn):
+        while not state["stop"]:
+            try:
+                event = await conn.next_event(timeout=1)
+            except TimeoutError:
+                continue
+            if event.type == "message" and state["measuring"]:
+                delivered[0] += 1
+                latencies.append(time.perf_counter() - sent_at(event["body"]))
+
+    async def send_window(conn, receiver_device, conversation):
+        while not state["stop"]:
+            try:
+                await conn.send(conversation, {receiver_device: body()}, timeout=30)
+            except Exception:  # noqa: BLE001 - counted; the benchmark goes on
+                errors[0] += 1
+                await asyncio.sleep(0.05)
+                continue
+            if state["measuring"]:
+                acked[0] += 1
+
+    async def send_paced(conns_pairs, per_second):
+        """One clock for all senders: message k goes out at start + k / rate."""
+        start = time.perf_counter()
+        k = 0
+        tasks = set()
+        while not state["stop"]:
+            due = start + k / per_second
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            conn, device, conversation = conns_pairs[k % len(conns_pairs)]
+            task = asyncio.create_task(conn.send(conversation, {device: body()}, timeout=30))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            if state["measuring"]:
+                acked[0] += 1
+            k += 1
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    tasks = [asyncio.create_task(receive(c)) for c in receivers]
+    triples = [(s, r.device_id, c) for s, (_, r, c) in zip(senders, pairs, strict=True)]
+    if rate:
+        tasks.append(asyncio.create_task(send_paced(triples, rate)))
+    else:
+        for conn, device, conversation in triples:
+            tasks += [
+                asyncio.create_task(send_window(conn, device, conversation)) for _ in range(window)
+            ]
+    await asyncio.sleep(warmup)
+    state["measuring"] = True
+    with Meter(pids) as meter:
+        await asyncio.sleep(seconds)
+    state["measuring"] = False
+    state["stop"] = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await close_all(senders + receivers)
+    return {
+        "delivered_per_s": round(delivered[0] / meter.elapsed),
+        "acked_sends_per_s": round(acked[0] / meter.elapsed),
+        "send_errors": errors[0],
+        **percentiles(latencies),
+        "server_cpu_pct": meter.server_cpu,
+        "generator_cpu_pct": meter.generator_cpu,
+        "seconds": round(meter.elapsed, 1),
+    }
+
+
+# --- drain ---------------------------------------------------------------------------
+
+
+async def drain(urls, pids, pair, messages: int) -> dict:
+    """A device offline while `messages` queue; time from its connect to the last event."""
+    sender, receiver, conversation = pair
+    senders = await open_all(urls, [sender.token] * 1)
+    conn = senders[0]
+    semaphore = asyncio.Semaphore(64)
+
+    async def one():
+        async with semaphore:
+            await conn.send(conversation, {receiver.device_id: body()}, timeout=60)
+
+    queued_at = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(messages)))
+    queue_s = time.perf_counter() - queued_at
+    await close_all(senders)
+    with Meter(pids) as meter:
+        start = time.perf_counter()
+        inbox = connection(urls[0], receiver.token)
+        await inbox.start()
+        count = 0
+        while count < messages:
+            event = await inbox.next_event(timeout=60)
+            if event.type == "message":
+                count += 1
+        last_event_s = time.perf_counter() - start
+        await inbox.wait_drained(timeout=60)
+        drained_s = time.perf_counter() - start
+        await inbox.aclose()
+    return {
+        "messages": messages,
+        "queue_s": round(queue_s, 2),
+        "connect_to_last_event_s": round(last_event_s, 3),
+        "connect_to_drained_s": round(drained_s, 3),
+        "events_per_s": round(messages / last_event_s),
+        "server_cpu_pct": meter.server_cpu,
+        "generator_cpu_pct": meter.generator_cpu,
+    }
+
+
+# --- idle ----------------------------------------------------------------------------
+
+
+async def idle(urls, pids, devices, hold: float) -> dict:
+    """`sockets` devices connected and heartbeating to one process; its RSS per socket."""
+    sockets = len(devices)
+    await asyncio.sleep(2)
+    before = proc_stats(pids[0])
+    started = time.perf_counter()
+    conns = await open_all(urls[:1], [d.token for d in devices])
+    connect_s = time.perf_counter() - started
+    with Meter(pids[:1]) as meter:
+        await asyncio.sleep(hold)  # heartbeats go on meanwhile
+    after = proc_stats(pids[0])
+    alive = sum(1 for c in conns if c.error is None)
+    await close_all(conns)
+    return {
+        "sockets": sockets,
+        "alive_after_hold": alive,
+        "connect_s": round(connect_s, 1),
+        "hold_s": hold,
+        "server_rss_before_mib": round(before["rss_kib"] / 1024, 1),
+        "server_rss_after_mib": round(after["rss_kib"] / 1024, 1),
+        "rss_per_socket_kib": round((after["rss_kib"] - before["rss_kib"]) / sockets, 1),
+        "server_threads": after["threads"],
+        "server_cpu_pct_idle": meter.server_cpu,
+        "generator_cpu_pct": meter.generator_cpu,
+    }
+
+
+# --- driver --------------------------------------------------------------------------
+
+
+def print_result(result: dict) -> None:
+    print(json.dumps(result))
+    print()
+    for key, value in result.items():
+        print(f"{key:28} {value!s:>24}")
+
+
+def population(args):
+    """Made before the event loop runs: the ORM is synchronous."""
+    tag = uuid.uuid4().hex[:6]
+    if args.scenario in ("throughput", "latency"):
+        return make_pairs(args.pairs, tag)
+    if args.scenario == "drain":
+        return make_pairs(1, tag)[0]
+    return make_devices(args.sockets, tag)
+
+
+async def scenario(args, urls, pids, people) -> dict:
+    if args.scenario in ("throughput", "latency"):
+        pairs = people
+        result = await pairs_traffic(
+            urls,
+            pids,
+            pairs,
+            window=args.window,
+            seconds=args.seconds,
+            warmup=args.warmup,
+            rate=args.rate if args.scenario == "latency" else None,
+        )
+        settings = {"pairs": args.pairs, "window": args.window}
+        if args.scenario == "latency":
+            settings = {"pairs": args.pairs, "rate_per_s": args.rate}
+    elif args.scenario == "drain":
+        result, settings = await drain(urls, pids, people, args.messages), {}
+    else:
+        result, settings = await idle(urls, pids, people, args.hold), {}
+    return {"scenario": args.scenario, "processes": len(urls), **settings, **result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenario", choices=["throughput", "latency", "drain", "idle"])
+    parser.add_argument("--pairs", type=int, default=100)
+    parser.add_argument("--window", type=int, default=8, help="unacked sends per sender")
+    parser.add_argument("--rate", type=int, default=500, help="latency: messages per second")
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--warmup", type=float, default=3)
+    parser.add_argument("--messages", type=int, default=10_000, help="drain: queued messages")
+    parser.add_argument("--sockets", type=int, default=10_000, help="idle: connected devices")
+    parser.add_argument("--hold", type=float, default=40, help="idle: seconds held")
+    parser.add_argument("--processes", type=int, default=1, help="daphne processes to start")
+    parser.add_argument("--url", action="append", help="a running server (repeatable)")
+    parser.add_argument("--database-url", help="with --url: the server's database")
+    parser.add_argument("--pids", help="with --url: comma-separated server pids for CPU/RSS")
+    args = parser.parse_args()
+
+    env = bench_env("natter_bench_load")
+    env["NATTER_RATE_LIMITS"] = "off"
+    if args.url:
+        if args.database_url:
+            env["DATABASE_URL"] = args.database_url
+        setup_django(env)
+        pids = [int(p) for p in args.pids.split(",")] if args.pids else []
+        print_result(asyncio.run(scenario(args, args.url, pids, population(args))))
+        return
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        servers = [
+            stack.enter_context(daphne(env, Path(tmp) / f"daphne{i}.log"))
+            for i in range(args.processes)
+        ]
+        setup_django(env)
+        urls, pids = [u for u, _ in servers], [p for _, p in servers]
+        result = asyncio.run(scenario(args, urls, pids, population(args)))
+    print_result(result)
+
+
+if __name__ == "__main__":
+    main()
