@@ -135,13 +135,36 @@ def write(runs: dict) -> None:
     text = DOC.read_text()
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
+        previous, tail = rest.split(END, 1)
+        block = _keep_rows_not_rerun(block, previous, runs)
         text = head + block + tail
     else:
         marker = "\n## "
         index = text.find(marker)
         text = text[:index] + "\n\n" + block + "\n" + text[index:]
     DOC.write_text(text)
+
+
+def _keep_rows_not_rerun(block: str, previous: str, runs: dict) -> str:
+    """With --only, the other scenarios keep their last rows (and say when they ran)."""
+    kept = [
+        line
+        for line in previous.splitlines()
+        if line.startswith("| ")
+        and line.split(" | ")[0][2:] not in runs
+        and line.split(" | ")[0][2:] in {name for name, *_ in SCENARIOS}
+    ]
+    if not kept:
+        return block
+    rows = {line.split(" | ")[0][2:]: line for line in kept}
+    rows.update(
+        {line.split(" | ")[0][2:]: line for line in block.splitlines() if line.startswith("| ")}
+    )
+    ordered = [rows[name] for name, *_ in SCENARIOS if name in rows]
+    lines = [line for line in block.splitlines() if not line.startswith("| ") or "---" in line]
+    at = lines.index("|---|---|---|---|---|") + 1
+    header = "| scenario | command | measured | target | other figures |"
+    return "\n".join(lines[: at - 1] + [header, lines[at - 1]] + ordered + lines[at:])
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.population import keys_body
 from bench.server import bench_env, daphne, proc_stats
 
 PASSWORD = "a long pass phrase 42"
@@ -35,7 +36,14 @@ async def make_device(http: httpx.AsyncClient, name: str) -> dict:
         "/api/v1/auth/login", json={"username": name, "password": PASSWORD, "device_name": "bench"}
     )
     r.raise_for_status()
-    return r.json()
+    device = r.json()
+    keys = await http.put(
+        "/api/v1/keys",
+        json=keys_body(),
+        headers={"Authorization": f"Bearer {device['token']}"},
+    )
+    keys.raise_for_status()
+    return device
 
 
 async def bounded(n: int, coros):

@@ -18,6 +18,24 @@ class BenchDevice:
     token: str
 
 
+def keys_body() -> dict:
+    """A `PUT /api/v1/keys` body with fresh keys: a device that registers over REST
+    publishes them, as every client does, before anybody can send to it."""
+    from natter_client.crypto import IdentityKeyPair, SignedPreKey, SystemRandom, to_b64
+
+    rng = SystemRandom()
+    identity = IdentityKeyPair.generate(rng)
+    spk = SignedPreKey.generate(identity, 1, rng)
+    return {
+        "identity_key": to_b64(identity.public),
+        "signed_prekey": {
+            "key_id": 1,
+            "public_key": to_b64(spk.public),
+            "signature": to_b64(spk.signature),
+        },
+    }
+
+
 def setup_django(env: dict) -> None:
     """Point this process's Django at the benchmark server's database, then set it up."""
     for key in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"):

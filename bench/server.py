@@ -88,7 +88,11 @@ def daphne(env: dict, log_path: Path):
             yield url, proc.pid
         finally:
             proc.terminate()
-            proc.wait(timeout=10)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # still working off a backlog
+                proc.kill()
+                proc.wait()
 
 
 def proc_stats(pid: int) -> dict:
