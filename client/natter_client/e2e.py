@@ -19,7 +19,6 @@ from .crypto import (
     DuplicateMessage,
     IdentityKeyPair,
     SenderKey,
-    SenderKeyReceiver,
     Session,
     SignedPreKey,
     SystemRandom,
@@ -28,7 +27,6 @@ from .crypto import (
     encode_content,
     from_b64,
     generate_one_time_prekeys,
-    group_body_key_id,
     parse_prekey_message,
     safety_number,
     to_b64,
@@ -391,7 +389,8 @@ class EndToEnd:
     def _install_sender_key(self, conversation: str, sender: str, content: dict) -> None:
         if content.get("conversation") != conversation:
             raise UndecryptableError("a sender key for another conversation")
-        receiver = SenderKeyReceiver.from_distribution(
+        # A key id already held is ignored, so a repeat cannot reopen used iterations.
+        self.store.ring(conversation, sender).add_distribution(
             {
                 "key_id": content["key_id"],
                 "iteration": content["iteration"],
@@ -399,14 +398,12 @@ class EndToEnd:
                 "signing_key": from_b64(content["signing_key"]),
             }
         )
-        if self.store.receiver_for(conversation, sender, receiver.key_id) is None:
-            self.store.receiver_put(conversation, sender, receiver)
 
     def _open_group(self, conversation: str, sender: str, body: bytes) -> dict[str, Any]:
-        receiver = self.store.receiver_for(conversation, sender, group_body_key_id(body))
-        if receiver is None:
+        ring = self.store.sender_keys.get(conversation, {}).get(sender)
+        if ring is None:
             raise UndecryptableError("no sender key from this device for this group")
-        return decode_content(receiver.decrypt(body, conversation, sender))
+        return decode_content(ring.decrypt(body, conversation, sender))
 
     def _on_device(self, event: Event) -> None:
         action, device = event.get("action"), event.get("device")
@@ -414,8 +411,7 @@ class EndToEnd:
             self.store.device_forget(device)
             if action == "identity_changed":
                 self.store.identity_changes.add(device)
-            for conversation in list(self._devices):
-                self._devices.pop(conversation)
+            self._devices.clear()
 
     def _on_group(self, event: Event) -> None:
         conversation = event.get("conversation")

@@ -25,7 +25,7 @@ from .crypto import (
     IdentityKeyPair,
     PreKey,
     SenderKey,
-    SenderKeyReceiver,
+    SenderKeyRing,
     Session,
     SignedPreKey,
     from_b64,
@@ -34,9 +34,6 @@ from .crypto import (
 
 # Older sessions kept per remote device for decrypting late messages (docs/crypto.md §5).
 OLD_SESSIONS_KEPT = 4
-# Sender key ids kept per (group, sender device), so messages sent just before a
-# rotation still open (§6).
-SENDER_KEYS_KEPT = 2
 # How many opened message ids are remembered to drop redeliveries across restarts.
 SEEN_KEPT = 20_000
 
@@ -65,8 +62,8 @@ class KeyStore:
         # devices whose identity key changed since we first saw them; the UI shows it.
         self.identity_changes: set[str] = set()
         self.own_sender_keys: dict[str, OwnSenderKey] = {}
-        # group id -> sender device id -> receivers, the newest key id last.
-        self.sender_keys: dict[str, dict[str, list[SenderKeyReceiver]]] = {}
+        # group id -> sender device id -> the sender keys it gave us (the two newest).
+        self.sender_keys: dict[str, dict[str, SenderKeyRing]] = {}
         self.seen: OrderedDict[str, None] = OrderedDict()
         # Who this device is, so a CLI can come back without logging in again.
         self.account: dict[str, Any] = {}
@@ -113,16 +110,8 @@ class KeyStore:
 
     # -- sender keys -------------------------------------------------------------------------
 
-    def receiver_for(self, group: str, sender: str, key_id: int) -> SenderKeyReceiver | None:
-        for receiver in self.sender_keys.get(group, {}).get(sender, []):
-            if receiver.key_id == key_id:
-                return receiver
-        return None
-
-    def receiver_put(self, group: str, sender: str, receiver: SenderKeyReceiver) -> None:
-        ring = [r for r in self.sender_keys.setdefault(group, {}).get(sender, [])]
-        ring = [r for r in ring if r.key_id != receiver.key_id] + [receiver]
-        self.sender_keys[group][sender] = ring[-SENDER_KEYS_KEPT:]
+    def ring(self, group: str, sender: str) -> SenderKeyRing:
+        return self.sender_keys.setdefault(group, {}).setdefault(sender, SenderKeyRing())
 
     # -- de-duplication ----------------------------------------------------------------------
 
@@ -156,7 +145,7 @@ class KeyStore:
                 for g, o in self.own_sender_keys.items()
             },
             "sender_keys": {
-                g: {d: [r.to_dict() for r in ring] for d, ring in senders.items()}
+                g: {d: ring.to_dict() for d, ring in senders.items()}
                 for g, senders in self.sender_keys.items()
             },
             "seen": list(self.seen),
@@ -184,7 +173,7 @@ class KeyStore:
             for g, o in data.get("own_sender_keys", {}).items()
         }
         self.sender_keys = {
-            g: {d: [SenderKeyReceiver.from_dict(r) for r in ring] for d, ring in senders.items()}
+            g: {d: SenderKeyRing.from_dict(ring) for d, ring in senders.items()}
             for g, senders in data.get("sender_keys", {}).items()
         }
         self.seen = OrderedDict.fromkeys(data.get("seen", []))
