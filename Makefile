@@ -170,6 +170,7 @@ test: install
 	@export DATABASE_URL="$${DATABASE_URL-$(TEST_DATABASE_URL)}"
 	export REDIS_URL="$${REDIS_URL-$(TEST_REDIS_URL)}"
 	bash scripts/services.sh ensure
+	bash scripts/browser.sh ensure
 	status=0
 	$(VENV_PY) -m pytest $(PYTEST_ARGS) || status=$$?
 	if [ $$status -eq 5 ]; then

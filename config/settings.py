@@ -175,6 +175,9 @@ if REDIS_URL:
                     if url.strip()
                 ],
                 "capacity": 1000,
+                # One Redis list carries the messages of all of a process's sockets
+                # (thousands): at 1000 it filled under load and dropped everyone's.
+                "channel_capacity": {"specific.*": 50_000},
                 # Longer than a socket can live between heartbeats: consumers also
                 # re-join their groups on every heartbeat.
                 "group_expiry": 86400 * 2,
@@ -183,7 +186,7 @@ if REDIS_URL:
     }
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "apps.common.rediscache.SharedRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "natter",
         }

@@ -1,4 +1,4 @@
-"""Group commit of a process's inbox work: acks written together, pushes read together.
+"""Group commit of a process's inbox work: sends and acks written together, pushes read together.
 
 Each socket awaits its own call, but the calls that arrive while a batch is
 running are served together by the next one: one transaction or query however
@@ -12,6 +12,7 @@ import weakref
 from django.conf import settings
 
 from apps.common.db import db_call
+from apps.common.errors import NatterError
 from apps.messaging import selectors, services
 
 
@@ -56,6 +57,10 @@ class _Batcher:
             self.running = False
 
 
+def _send_batch(requests: list) -> list:
+    return services.message_send_many(requests=requests)
+
+
 def _ack_batch(requests: list[tuple[object, int]]) -> list[None]:
     services.inbox_ack_many(acks=requests)
     return [None] * len(requests)
@@ -73,6 +78,9 @@ def _batchers() -> dict:
             # little for the acks of the same burst is cheap and saves transactions.
             "ack": _Batcher(_ack_batch, gather_s=settings.NATTER["ACK_GATHER_MS"] / 1000),
             "read": _Batcher(selectors.inbox_after_many),
+            # Sends wait for no one: the ones that arrive while a batch is being
+            # written form the next batch, so a lone send is not delayed.
+            "send": _Batcher(_send_batch),
         }
     return batchers
 
@@ -86,6 +94,14 @@ async def settle() -> None:
         if not IN_FLIGHT and not any(b.running or b.pending for b in batchers.values()):
             return
         await asyncio.sleep(0.01)
+
+
+async def message_send(request: "services.SendRequest") -> "services.SendResult":
+    """Store a send with the others of its burst; raise the error that refused it."""
+    result = await _batchers()["send"].call(request)
+    if isinstance(result, NatterError):
+        raise result
+    return result
 
 
 async def inbox_ack(device, cursor: int) -> None:

@@ -23,7 +23,7 @@ from apps.common.errors import (
 )
 from apps.common.ratelimit import aconnect_hit, scope_client_ip
 from apps.common.validation import validated
-from apps.messaging import batching, delivery, selectors, serializers, services
+from apps.messaging import batching, delivery, events, selectors, serializers, services
 from apps.messaging.events import device_group
 from apps.presence.consumers import PresenceSocketMixin
 
@@ -64,7 +64,10 @@ class InboxConsumer(PresenceSocketMixin, AsyncWebsocketConsumer):
         self.errors: collections.deque[float] = collections.deque()
         self.drained_sent = False
         self.more_waiting = True
+        self.pumping = False  # a pump is running; rings meanwhile set `rung`
+        self.rung = False
         await self.channel_layer.group_add(self.group, self.channel_name)
+        events.local_listen(self.device.id, self)
         # The newest socket of a device wins; older ones hear this and close (4409).
         await self.channel_layer.group_send(
             self.group,
@@ -90,6 +93,7 @@ class InboxConsumer(PresenceSocketMixin, AsyncWebsocketConsumer):
             self.counted = False
         await self.presence_close()
         if getattr(self, "group", None):
+            events.local_unlisten(self.device.id, self)
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     # --- client frames --------------------------------------------------------------
@@ -112,9 +116,9 @@ class InboxConsumer(PresenceSocketMixin, AsyncWebsocketConsumer):
             await self.send_error(Unavailable(), ref)
 
     async def on_send(self, frame, ref):
-        data = validated(serializers.MessageSendSerializer, frame)
-        result = await db_call(services.message_send)(
-            sender_device=self.device, **serializers.send_arguments(data)
+        data = validated(serializers.MessageSendSerializer, frame, fast=serializers.send_fast)
+        result = await batching.message_send(
+            services.SendRequest(sender_device=self.device, **serializers.send_arguments(data))
         )
         metrics.SENDS.labels("ws").inc()
         if result.duplicate:
@@ -122,7 +126,9 @@ class InboxConsumer(PresenceSocketMixin, AsyncWebsocketConsumer):
         await self.send_frame({"type": "ack", "ref": ref, **result.as_ack()})
 
     async def on_ack(self, frame, ref):
-        cursor = validated(serializers.CursorSerializer, frame)["cursor"]
+        cursor = validated(serializers.CursorSerializer, frame, fast=serializers.cursor_fast)[
+            "cursor"
+        ]
         # Never delete what this socket has not pushed: a client cannot ack unseen rows.
         cursor = min(cursor, self.pushed_cursor)
         metrics.ACKS.labels("ws").inc()
@@ -172,6 +178,7 @@ class InboxConsumer(PresenceSocketMixin, AsyncWebsocketConsumer):
     async def socket_takeover(self, message):
         newer = (message["opened_at"], message["channel"]) > (self.opened_at, self.channel_name)
         if message["channel"] != self.channel_name and newer:
+            events.local_unlisten(self.device.id, self)  # rings go to the newer socket now
             await self.close(code=CLOSE_ELSEWHERE)
 
     async def device_revoked(self, message):
@@ -179,7 +186,36 @@ class InboxConsumer(PresenceSocketMixin, AsyncWebsocketConsumer):
 
     # --- pushing --------------------------------------------------------------------
 
+    def doorbell(self):
+        """A ring from this process (events.local_listen): pump outside the dispatch."""
+        asyncio.ensure_future(self._pump_quietly())
+
+    async def _pump_quietly(self):
+        try:
+            await self.pump()
+        except OUTAGES:  # nothing is lost: the rows wait for the next ring or heartbeat
+            logger.warning("could not push the inbox of device %s", self.device.id)
+
     async def pump(self):
+        """Push waiting events; one pump at a time, again if rung while it ran.
+
+        Rings from this process arrive outside the consumer's dispatch (doorbell),
+        so two pumps could otherwise read the same events and push them twice.
+        """
+        if self.pumping:
+            self.rung = True
+            return
+        self.pumping = True
+        try:
+            while True:
+                self.rung = False
+                await self._pump_once()
+                if not self.rung:
+                    return
+        finally:
+            self.pumping = False
+
+    async def _pump_once(self):
         """Push waiting events while the window has room; say `drained` once."""
         room = self.window - len(self.in_flight)
         if room <= 0:

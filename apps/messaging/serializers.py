@@ -1,5 +1,9 @@
 """Wire shapes of messaging, shared by REST, the WebSocket and the OpenAPI schema."""
 
+import base64
+import binascii
+import uuid
+
 from django.conf import settings
 from rest_framework import serializers
 
@@ -41,6 +45,110 @@ class MessageSendSerializer(serializers.Serializer):
         if data.get("media_id") is not None and data["kind"] != "media":
             raise serializers.ValidationError({"media_id": ["Only a media message names one."]})
         return data
+
+
+# --- Fast paths for the socket's hot frames ------------------------------------------
+# A DRF serializer deep-copies its fields on every instance: on a loaded socket
+# process that was a quarter of the event loop. These plain checks accept only
+# what the serializer certainly accepts and return what it would; for anything
+# else they return None and the serializer decides, with its exact errors
+# (tests/messaging/test_fast_validation.py holds them to that).
+
+_KINDS = frozenset(Message.Kind.values)
+_ENVELOPES = frozenset({"prekey", "message"})
+
+
+def send_fast(data: dict) -> dict | None:
+    """MessageSendSerializer's validated data for a well-formed send, else None."""
+    try:
+        out = {
+            "client_id": _uuid(data["client_id"]),
+            "conversation": _id(ids.CONVERSATION, data["conversation"]),
+            "kind": _choice(_KINDS, data["kind"]),
+            "ciphertexts": _ciphertexts(data["ciphertexts"]),
+        }
+        if "group_body" in data:
+            out["group_body"] = _base64(data["group_body"])
+        if "reply_to_seq" in data:
+            seq = data["reply_to_seq"]
+            out["reply_to_seq"] = None if seq is None else _integer(seq, 1)
+        if "media_id" in data:
+            if out["kind"] != "media":
+                return None
+            out["media_id"] = _id(ids.MEDIA, data["media_id"])
+    except (_NotSure, KeyError):
+        return None
+    return out
+
+
+def cursor_fast(data: dict) -> dict | None:
+    """CursorSerializer's validated data for a well-formed ack, else None."""
+    try:
+        return {"cursor": _integer(data["cursor"], 0)}
+    except (_NotSure, KeyError):
+        return None
+
+
+class _NotSure(Exception):
+    pass
+
+
+def _uuid(value) -> uuid.UUID:
+    if not isinstance(value, str) or len(value) != 36:
+        raise _NotSure
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise _NotSure from exc
+
+
+def _id(prefix: str, value) -> int:
+    key = ids.decode(prefix, value)
+    if key is None:
+        raise _NotSure
+    return key
+
+
+def _choice(choices: frozenset, value) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise _NotSure
+    return value
+
+
+def _integer(value, minimum: int) -> int:
+    if type(value) is not int or not minimum <= value <= MAX_INT:
+        raise _NotSure
+    return value
+
+
+def _base64(value) -> bytes:
+    limit = settings.NATTER["CIPHERTEXT_MAX_BYTES"]
+    if not isinstance(value, str) or not value or len(value) > 4 * ((limit + 2) // 3):
+        raise _NotSure
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _NotSure from exc
+    if not decoded or len(decoded) > limit:
+        raise _NotSure
+    return decoded
+
+
+def _ciphertexts(value) -> list[dict]:
+    if type(value) is not list or len(value) > settings.NATTER["MAX_CIPHERTEXTS"]:
+        raise _NotSure
+    out = []
+    for item in value:
+        if type(item) is not dict:
+            raise _NotSure
+        out.append(
+            {
+                "device": _id(ids.DEVICE, item["device"]),
+                "envelope": _choice(_ENVELOPES, item["envelope"]),
+                "body": _base64(item["body"]),
+            }
+        )
+    return out
 
 
 def send_arguments(data: dict) -> dict:

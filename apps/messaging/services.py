@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from apps.accounts.models import Device, User
 from apps.common import ids
-from apps.common.errors import BadRequest, DeviceMismatch, NotFound, NotMember
+from apps.common.errors import BadRequest, DeviceMismatch, NatterError, NotFound, NotMember
 from apps.common.ratelimit import rate_limit_hit
 from apps.messaging import delivery, events
 from apps.messaging.models import Conversation, InboxEntry, Membership, Message, Receipt
@@ -83,6 +83,24 @@ def conversation_direct_get_or_create(
 # --- Sending -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SendRequest:
+    """One send, as the REST view or a socket frame gives it."""
+
+    sender_device: Device
+    conversation_id: int
+    client_id: uuid.UUID
+    kind: str
+    ciphertexts: list[Ciphertext]
+    group_body: bytes | None = None
+    reply_to_seq: int | None = None
+    media_id: int | None = None
+
+    @property
+    def key(self) -> tuple[int, uuid.UUID]:
+        return (self.sender_device.id, self.client_id)
+
+
 def message_send(
     *,
     sender_device: Device,
@@ -99,20 +117,9 @@ def message_send(
     A media message names its upload (`media_id`), which keeps the blob from being
     removed as unused.
     """
-    rate_limit_hit(
-        scope="send",
-        key=str(sender_device.id),
-        limit=settings.NATTER["SEND_RATE"],
-        period_s=1,
-        burst=settings.NATTER["SEND_BURST"],
-        message="Too many messages; slow down.",
-    )
-    original = _message_by_client_id(sender_device, client_id)
-    if original is not None:
-        return SendResult(original, duplicate=True)
-    try:
-        with transaction.atomic():
-            message = _message_store(
+    (result,) = message_send_many(
+        requests=[
+            SendRequest(
                 sender_device=sender_device,
                 conversation_id=conversation_id,
                 client_id=client_id,
@@ -120,14 +127,298 @@ def message_send(
                 ciphertexts=ciphertexts,
                 group_body=group_body,
                 reply_to_seq=reply_to_seq,
+                media_id=media_id,
             )
-            if media_id is not None:
+        ]
+    )
+    if isinstance(result, NatterError):
+        raise result
+    return result
+
+
+def message_send_many(*, requests: list[SendRequest]) -> list[SendResult | NatterError]:
+    """Store a burst of sends with a fixed number of queries: a group commit of sends.
+
+    Under load a process's sockets send together; their direct messages are checked
+    with three reads and written in one transaction, however many there are. Each
+    request gets its own outcome, in order: a SendResult, or the NatterError that
+    refused it (one bad send never fails the others). Group and media messages take
+    the one-at-a-time path, whose locking the fan-out relies on.
+    """
+    results: list[SendResult | NatterError | None] = [None] * len(requests)
+    first_of: dict[tuple[int, uuid.UUID], int] = {}
+    fresh: list[int] = []
+    for i, request in enumerate(requests):
+        if request.key in first_of:
+            continue  # the same send twice in one burst: it repeats the first's outcome
+        first_of[request.key] = i
+        try:
+            _send_rate_limit_hit(request.sender_device)
+        except NatterError as error:
+            results[i] = error
+            continue
+        fresh.append(i)
+    originals = _messages_by_client_id([requests[i] for i in fresh])
+    unsent = []
+    for i in fresh:
+        original = originals.get(requests[i].key)
+        if original is not None:
+            results[i] = SendResult(original, duplicate=True)
+        else:
+            unsent.append(i)
+    direct, one_by_one, members = _direct_sends_checked(requests, unsent, results)
+    if direct:
+        try:
+            for i, outcome in _direct_messages_store(requests, direct, members).items():
+                results[i] = outcome
+        except IntegrityError:
+            # A resend of one of them committed meanwhile (from another process):
+            # one at a time, each finds its original or stores itself.
+            one_by_one += direct
+    for i in sorted(one_by_one):
+        try:
+            results[i] = _message_send_one(requests[i])
+        except NatterError as error:
+            results[i] = error
+    for i, request in enumerate(requests):
+        first = results[first_of[request.key]]
+        if first_of[request.key] != i:
+            results[i] = SendResult(first.message, True) if isinstance(first, SendResult) else first
+    return results
+
+
+def _send_rate_limit_hit(device: Device) -> None:
+    rate_limit_hit(
+        scope="send",
+        key=str(device.id),
+        limit=settings.NATTER["SEND_RATE"],
+        period_s=1,
+        burst=settings.NATTER["SEND_BURST"],
+        message="Too many messages; slow down.",
+    )
+
+
+def _messages_by_client_id(requests: list[SendRequest]) -> dict[tuple[int, uuid.UUID], Message]:
+    if not requests:
+        return {}
+    wanted = {r.key for r in requests}
+    found = Message.objects.filter(
+        sender_device_id__in={r.sender_device.id for r in requests},
+        client_id__in={r.client_id for r in requests},
+    )
+    return {
+        (m.sender_device_id, m.client_id): m
+        for m in found
+        if (m.sender_device_id, m.client_id) in wanted
+    }
+
+
+def _direct_sends_checked(requests, indexes, results) -> tuple[list, list, dict]:
+    """Check direct sends against members and device sets; set errors in `results`.
+
+    Returns the direct sends that passed, the sends for the one-at-a-time path
+    (groups and media) and the members of each conversation.
+    """
+    if not indexes:
+        return [], [], {}
+    conversation_ids = {requests[i].conversation_id for i in indexes}
+    members: dict[int, set[int]] = defaultdict(set)
+    kinds = {}
+    for conversation_id, user_id, kind in (
+        Membership.objects.current()
+        .filter(conversation_id__in=conversation_ids)
+        .values_list("conversation_id", "user_id", "conversation__kind")
+    ):
+        members[conversation_id].add(user_id)
+        kinds[conversation_id] = kind
+    direct, one_by_one = [], []
+    for i in indexes:
+        request = requests[i]
+        if request.sender_device.user_id not in members[request.conversation_id]:
+            results[i] = NotMember()
+        elif kinds[request.conversation_id] == Conversation.Kind.GROUP or request.media_id:
+            one_by_one.append(i)
+        else:
+            direct.append(i)
+    if not direct:
+        return [], one_by_one, members
+    # The exact device set: every active device of the other member and the
+    # sender's other devices, so a client never silently misses one. A device that
+    # has not published keys yet could not decrypt anything: it is not counted.
+    users = set().union(*(members[requests[i].conversation_id] for i in direct))
+    devices_of: dict[int, set[int]] = defaultdict(set)
+    for device_id, user_id in (
+        Device.objects.active()
+        .filter(user_id__in=users, identity_key__isnull=False)
+        .values_list("id", "user_id")
+    ):
+        devices_of[user_id].add(device_id)
+    passed = []
+    for i in direct:
+        request = requests[i]
+        try:
+            expected = set().union(*(devices_of[u] for u in members[request.conversation_id]))
+            _direct_send_check(request, expected - {request.sender_device.id})
+        except NatterError as error:
+            results[i] = error
+        else:
+            passed.append(i)
+    return passed, one_by_one, members
+
+
+def _direct_send_check(request: SendRequest, expected: set[int]) -> None:
+    if request.group_body is not None:
+        raise BadRequest("group_body is for group conversations only.", field="group_body")
+    given = [c.device_id for c in request.ciphertexts]
+    if len(set(given)) != len(given):
+        raise BadRequest("A device appears twice in ciphertexts.", field="ciphertexts")
+    missing, extra = expected - set(given), set(given) - expected
+    if missing or extra:
+        raise DeviceMismatch(
+            missing=sorted(ids.encode(ids.DEVICE, d) for d in missing),
+            extra=sorted(ids.encode(ids.DEVICE, d) for d in extra),
+        )
+
+
+def _direct_messages_store(requests, indexes, members) -> dict[int, SendResult | NatterError]:
+    """Write checked direct sends in one transaction; seqs in request order per chat.
+
+    A reply naming a seq not below its own is refused and the rest written again
+    without it, so seqs stay gapless.
+    """
+    refused: dict[int, SendResult | NatterError] = {}
+    while indexes:
+        bad = []
+        with transaction.atomic():
+            counts = Counter(requests[i].conversation_id for i in indexes)
+            last = _conversation_seqs_reserve(counts)
+            next_seq = {c: last[c] - counts[c] + 1 for c in counts}
+            messages = []
+            for i in indexes:
+                request = requests[i]
+                seq = next_seq[request.conversation_id]
+                next_seq[request.conversation_id] += 1
+                if request.reply_to_seq is not None and request.reply_to_seq >= seq:
+                    bad.append(i)
+                messages.append(_message_new(request, seq))
+            if not bad:
+                _messages_write(requests, indexes, messages, members)
+                return {
+                    **refused,
+                    **{
+                        i: SendResult(m, duplicate=False)
+                        for i, m in zip(indexes, messages, strict=True)
+                    },
+                }
+            transaction.set_rollback(True)  # give the reserved seqs back
+        for i in bad:
+            refused[i] = BadRequest(
+                "reply_to_seq must name an earlier message.", field="reply_to_seq"
+            )
+        indexes = [i for i in indexes if i not in refused]
+    return refused
+
+
+def _message_new(request: SendRequest, seq: int) -> Message:
+    return Message(
+        conversation_id=request.conversation_id,
+        seq=seq,
+        sender_user_id=request.sender_device.user_id,
+        sender_device=request.sender_device,
+        client_id=request.client_id,
+        kind=request.kind,
+        reply_to_seq=request.reply_to_seq,
+    )
+
+
+def _messages_write(requests, indexes, messages: list[Message], members) -> None:
+    """Insert direct messages, their inbox rows and receipts: four statements in all."""
+    Message.objects.bulk_create(messages)
+    rows, receipts = [], []
+    for i, message in zip(indexes, messages, strict=True):
+        rows += [
+            InboxEntry(
+                device_id=c.device_id,
+                type=InboxEntry.Type.MESSAGE,
+                message=message,
+                envelope=c.envelope,
+                body=c.body,
+            )
+            for c in requests[i].ciphertexts
+        ]
+        receipts += [
+            Receipt(message=message, user_id=u)
+            for u in members[message.conversation_id]
+            if u != message.sender_user_id
+        ]
+    inbox_append(rows)
+    Receipt.objects.bulk_create(receipts)
+
+
+def _conversation_seqs_reserve(counts: dict[int, int]) -> dict[int, int]:
+    """Reserve `n` seqs per conversation; return the last reserved of each.
+
+    The conversation rows stay locked until commit (in id order: two writers never
+    deadlock), so concurrent senders queue and a rollback returns the seqs.
+    """
+    conversation_ids = sorted(counts)
+    now = timezone.now()
+    with connection.cursor() as cur:
+        if connection.vendor == "postgresql":
+            cur.execute(
+                """
+                WITH wanted(id, n) AS (SELECT * FROM unnest(%s::bigint[], %s::bigint[])),
+                     locked AS (
+                         SELECT c.id FROM messaging_conversation c
+                         WHERE c.id = ANY(%s::bigint[]) ORDER BY c.id FOR UPDATE
+                     )
+                UPDATE messaging_conversation c
+                SET last_seq = c.last_seq + w.n, last_activity_at = %s
+                FROM wanted w JOIN locked l ON l.id = w.id
+                WHERE c.id = w.id
+                RETURNING c.id, c.last_seq
+                """,
+                [conversation_ids, [counts[c] for c in conversation_ids], conversation_ids, now],
+            )
+            last = dict(cur.fetchall())
+        else:
+            last = {}
+            for conversation_id in conversation_ids:
+                cur.execute(
+                    "UPDATE messaging_conversation SET last_seq = last_seq + %s, "
+                    "last_activity_at = %s WHERE id = %s RETURNING last_seq",
+                    [counts[conversation_id], now, conversation_id],
+                )
+                last[conversation_id] = cur.fetchone()[0]
+    if set(last) != set(conversation_ids):
+        raise NotMember()  # deleted meanwhile
+    return last
+
+
+def _message_send_one(request: SendRequest) -> SendResult:
+    """The one-at-a-time path (groups, media): one transaction for one send."""
+    sender_device, client_id = request.sender_device, request.client_id
+    original = _message_by_client_id(sender_device, client_id)
+    if original is not None:
+        return SendResult(original, duplicate=True)
+    try:
+        with transaction.atomic():
+            message = _message_store(
+                sender_device=sender_device,
+                conversation_id=request.conversation_id,
+                client_id=client_id,
+                kind=request.kind,
+                ciphertexts=request.ciphertexts,
+                group_body=request.group_body,
+                reply_to_seq=request.reply_to_seq,
+            )
+            if request.media_id is not None:
                 from apps.media.services import media_attach
 
                 media_attach(
-                    media_id=media_id,
+                    media_id=request.media_id,
                     sender_device=sender_device,
-                    conversation_id=conversation_id,
+                    conversation_id=request.conversation_id,
                 )
     except IntegrityError:
         # A concurrent resend of the same client_id committed first; the whole

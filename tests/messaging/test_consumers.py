@@ -210,7 +210,7 @@ async def test_unavailable_answers_do_not_count_as_abuse(people, settings):
     alice, bob, a1, b1, conversation = await make_chat(people)
     ws, _ = await connected(a1)
     await frames_until(ws, "drained")
-    with mock.patch.object(services, "message_send", side_effect=OperationalError("down")):
+    with mock.patch.object(services, "message_send_many", side_effect=OperationalError("down")):
         for i in range(8):
             await ws.send_json_to(send_frame(conversation, b1, frame_id=f"s{i}"))
             frame = await ws.receive_json_from(timeout=5)

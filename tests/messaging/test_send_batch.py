@@ -1,0 +1,119 @@
+"""Sends stored together (message_send_many): one outcome per send, a fixed query cost."""
+
+import uuid
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from apps.common.errors import BadRequest, DeviceMismatch, NotMember
+from apps.groups import services as groups
+from apps.messaging import services
+from apps.messaging.models import Message, Receipt
+from tests.messaging.helpers import events_of, send
+
+pytestmark = pytest.mark.django_db
+
+
+def request(device, conversation, devices, *, client_id=None, **kw):
+    return services.SendRequest(
+        sender_device=device,
+        conversation_id=conversation.id,
+        client_id=client_id or uuid.uuid4(),
+        kind="text",
+        ciphertexts=[services.Ciphertext(d.id, "message", b"body/%d" % d.id) for d in devices],
+        **kw,
+    )
+
+
+@pytest.fixture
+def chats(people):
+    """Five pairs, each with a direct conversation: (sender, recipient, conversation)."""
+    out = []
+    for _ in range(5):
+        a, b = people.user(), people.user()
+        a1, b1 = people.device(a), people.device(b)
+        conversation, _ = services.conversation_direct_get_or_create(user=a, other_user_id=b.id)
+        out.append((a1, b1, conversation))
+    return out
+
+
+def test_a_burst_of_direct_sends_costs_the_queries_of_one_send(chats):
+    for a1, b1, conversation in chats:
+        send(a1, conversation, [b1])  # warm: the first send of a chat is no different
+    burst = [request(a1, c, [b1]) for a1, b1, c in chats for _ in range(6)]
+    with CaptureQueriesContext(connection) as queries:
+        results = services.message_send_many(requests=burst)
+    # dedupe check, members, devices, seqs, messages, cursors, inbox rows, receipts,
+    # and the savepoint pair: the same 10 as one send (test_send_query_count_is_pinned).
+    assert len(queries) == 10, [q["sql"] for q in queries]
+    assert all(isinstance(r, services.SendResult) and not r.duplicate for r in results)
+    for _, b1, conversation in chats:
+        seqs = [
+            r.message.seq
+            for r, q in zip(results, burst, strict=True)
+            if q.conversation_id == conversation.id
+        ]
+        assert seqs == [2, 3, 4, 5, 6, 7]  # in request order, gapless
+        assert [e["seq"] for e in events_of(b1, "message")] == [1, 2, 3, 4, 5, 6, 7]
+        assert Receipt.objects.filter(message__conversation=conversation).count() == 7
+
+
+def test_one_refused_send_in_a_burst_fails_only_itself(chats, people):
+    (a1, b1, c1), (a2, b2, c2), (a3, b3, c3) = chats[:3]
+    stranger = people.device(people.user())
+    earlier = send(a1, c1, [b1])
+    repeated = uuid.uuid4()
+    burst = [
+        request(a1, c1, [b1]),  # fine: seq 2
+        request(stranger, c1, [b1]),  # not a member
+        request(a2, c2, []),  # misses b2
+        request(a2, c2, [b2], reply_to_seq=5),  # replies to a message not sent yet
+        request(a3, c3, [b3], client_id=repeated),  # fine: seq 1
+        request(a3, c3, [b3], client_id=repeated),  # the same send twice in the burst
+        request(a1, c1, [b1], client_id=earlier.message.client_id),  # a resend
+        request(a2, c2, [b2]),  # fine: seq 1, the refused ones gave their seqs back
+        request(a1, c1, [b1], group_body=b"x"),  # not a group
+        request(a1, c1, [b1, b1]),  # a device twice
+    ]
+    results = services.message_send_many(requests=burst)
+    assert results[0].message.seq == 2 and not results[0].duplicate
+    assert isinstance(results[1], NotMember)
+    assert isinstance(results[2], DeviceMismatch)
+    assert results[2].as_dict()["missing"] == [b2.public_id]
+    assert isinstance(results[3], BadRequest) and results[3].as_dict()["field"] == "reply_to_seq"
+    assert results[4].message.seq == 1 and not results[4].duplicate
+    assert results[5].duplicate and results[5].message.id == results[4].message.id
+    assert results[6].duplicate and results[6].message.id == earlier.message.id
+    assert results[7].message.seq == 1 and not results[7].duplicate
+    assert isinstance(results[8], BadRequest) and results[8].as_dict()["field"] == "group_body"
+    assert isinstance(results[9], BadRequest) and results[9].as_dict()["field"] == "ciphertexts"
+    assert [e["seq"] for e in events_of(b1, "message")] == [1, 2]
+    assert [e["seq"] for e in events_of(b2, "message")] == [1]
+    assert [e["seq"] for e in events_of(b3, "message")] == [1]
+    assert Message.objects.filter(conversation=c3).count() == 1
+
+
+def test_a_reply_to_a_message_of_the_same_burst_is_stored(chats):
+    a1, b1, conversation = chats[0]
+    burst = [request(a1, conversation, [b1]), request(a1, conversation, [b1], reply_to_seq=1)]
+    first, reply = services.message_send_many(requests=burst)
+    assert (first.message.seq, reply.message.seq, reply.message.reply_to_seq) == (1, 2, 1)
+
+
+def test_group_and_direct_sends_in_one_burst_each_take_their_path(chats, people):
+    a1, b1, direct = chats[0]
+    carol = people.user()
+    people.device(carol)
+    group = groups.group_create(creator=a1.user, title="Mixed", member_ids=[carol.id])
+    burst = [
+        request(a1, group, [], group_body=b"for everyone"),
+        request(a1, direct, [b1]),
+        request(a1, group, []),  # a group message needs its group body
+    ]
+    results = services.message_send_many(requests=burst)
+    assert results[0].message.group_body == b"for everyone"
+    assert results[1].message.seq == 1
+    assert isinstance(results[2], BadRequest) and results[2].as_dict()["field"] == "group_body"
+    # Fanned out by a worker after commit, as any group message.
+    assert results[0].message.fanout_pending
