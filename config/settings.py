@@ -169,8 +169,12 @@ if REDIS_URL:
             "CONFIG": {
                 # Several Redis servers shard the layer: channels-redis spreads
                 # channels and groups over them by a hash of their names.
+                # driver_info None: no CLIENT SETINFO on connect. redis-py otherwise
+                # reads its own package metadata from disk for every connection
+                # (about a millisecond), and async_to_sync (a Celery fan-out's
+                # doorbells) opens new connections on every call.
                 "hosts": [
-                    url.strip()
+                    {"address": url.strip(), "driver_info": None}
                     for url in (os.environ.get("CHANNEL_LAYER_URLS") or REDIS_URL).split(",")
                     if url.strip()
                 ],

@@ -61,7 +61,10 @@ def async_client():
         import redis.asyncio
 
         client = redis.asyncio.Redis.from_url(
-            settings.CACHES["default"]["LOCATION"], socket_timeout=5, socket_connect_timeout=5
+            settings.CACHES["default"]["LOCATION"],
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            driver_info=None,  # no CLIENT SETINFO (see CHANNEL_LAYERS in settings)
         )
         _async_clients[loop] = client
     return client

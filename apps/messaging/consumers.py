@@ -11,7 +11,7 @@ from django.conf import settings
 
 from apps.accounts.scope_auth import device_for_scope
 from apps.common import jsonutil, metrics
-from apps.common.db import db_call
+from apps.common.db import NoConnectionSweepMixin, db_call
 from apps.common.errors import (
     OUTAGES,
     BadRequest,
@@ -34,7 +34,7 @@ CLOSE_ELSEWHERE = 4409
 CLOSE_ABUSE = 4429
 
 
-class InboxConsumer(PresenceSocketMixin, AsyncWebsocketConsumer):
+class InboxConsumer(NoConnectionSweepMixin, PresenceSocketMixin, AsyncWebsocketConsumer):
     """Push a device's inbox with at most `window` unacknowledged events in flight."""
 
     async def connect(self):

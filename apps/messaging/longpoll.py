@@ -15,7 +15,7 @@ from channels.generic.http import AsyncHttpConsumer
 
 from apps.accounts.scope_auth import device_for_scope
 from apps.common import jsonutil, metrics
-from apps.common.db import db_call
+from apps.common.db import NoConnectionSweepMixin, db_call
 from apps.common.errors import OUTAGES, MethodNotAllowed, NatterError, Unauthorized, Unavailable
 from apps.common.ratelimit import aconnect_hit, scope_client_ip
 from apps.common.validation import validated
@@ -24,7 +24,7 @@ from apps.messaging.events import device_group
 from apps.presence.consumers import PresencePollMixin
 
 
-class EventsLongPollConsumer(PresencePollMixin, AsyncHttpConsumer):
+class EventsLongPollConsumer(NoConnectionSweepMixin, PresencePollMixin, AsyncHttpConsumer):
     group: str | None = None
     timer: asyncio.TimerHandle | None = None
     responded = False

@@ -17,7 +17,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from apps.accounts.models import Device, User
-from apps.common import ids
+from apps.common import ids, jsonutil
+from apps.common.db import insert_unnest
 from apps.common.errors import BadRequest, DeviceMismatch, NatterError, NotFound, NotMember
 from apps.common.ratelimit import rate_limit_hit
 from apps.messaging import delivery, events
@@ -333,7 +334,7 @@ def _message_new(request: SendRequest, seq: int) -> Message:
 
 def _messages_write(requests, indexes, messages: list[Message], members) -> None:
     """Insert direct messages, their inbox rows and receipts: four statements in all."""
-    Message.objects.bulk_create(messages)
+    _messages_insert(messages)
     rows, receipts = [], []
     for i, message in zip(indexes, messages, strict=True):
         rows += [
@@ -352,7 +353,55 @@ def _messages_write(requests, indexes, messages: list[Message], members) -> None
             if u != message.sender_user_id
         ]
     inbox_append(rows)
-    Receipt.objects.bulk_create(receipts)
+    if connection.vendor == "postgresql":
+        insert_unnest(
+            Receipt,
+            {"message_id": "bigint", "user_id": "bigint"},
+            [(r.message_id, r.user_id) for r in receipts],
+        )
+    else:
+        Receipt.objects.bulk_create(receipts)
+
+
+def _messages_insert(messages: list[Message]) -> None:
+    if connection.vendor != "postgresql":
+        Message.objects.bulk_create(messages)
+        return
+    now = timezone.now()
+    for m in messages:
+        m.created_at = now
+    insert_unnest(
+        Message,
+        {
+            "id": "bigint",
+            "conversation_id": "bigint",
+            "seq": "bigint",
+            "sender_user_id": "bigint",
+            "sender_device_id": "bigint",
+            "client_id": "uuid",
+            "kind": "varchar",
+            "reply_to_seq": "bigint",
+            "fanout_pending": "boolean",
+            "created_at": "timestamptz",
+        },
+        [
+            (
+                m.id,
+                m.conversation_id,
+                m.seq,
+                m.sender_user_id,
+                m.sender_device_id,
+                m.client_id,
+                str(m.kind),
+                m.reply_to_seq,
+                False,
+                now,
+            )
+            for m in messages
+        ],
+    )
+    for m in messages:
+        m._state.adding = False  # saved, as bulk_create would mark them
 
 
 def _conversation_seqs_reserve(counts: dict[int, int]) -> dict[int, int]:
@@ -666,9 +715,42 @@ def inbox_append(rows: list[InboxEntry], *, ignore_conflicts: bool = False) -> l
             row.cursor = next_cursor[row.device_id]
             next_cursor[row.device_id] += 1
             kept.append(row)
-    InboxEntry.objects.bulk_create(kept, ignore_conflicts=ignore_conflicts)
+    if connection.vendor == "postgresql":
+        now = timezone.now()
+        insert_unnest(
+            InboxEntry,
+            _INBOX_COLUMNS,
+            [
+                (
+                    r.device_id,
+                    r.cursor,
+                    str(r.type),
+                    r.message_id,
+                    r.envelope,
+                    r.body,
+                    None if r.payload is None else jsonutil.dumps(r.payload),
+                    now,
+                )
+                for r in kept
+            ],
+            skip_conflicts=ignore_conflicts,
+        )
+    else:
+        InboxEntry.objects.bulk_create(kept, ignore_conflicts=ignore_conflicts)
     events.ring_doorbells_on_commit(device_ids=last.keys())
     return kept
+
+
+_INBOX_COLUMNS = {
+    "device_id": "bigint",
+    "cursor": "bigint",
+    "type": "varchar",
+    "message_id": "bigint",
+    "envelope": "varchar",
+    "body": "bytea",
+    "payload": "jsonb",
+    "created_at": "timestamptz",
+}
 
 
 def _allocate_cursors(counts: dict[int, int]) -> dict[int, int]:
