@@ -142,6 +142,12 @@ if DATABASE_URL:
             # a client told "retry" at once beats one left hanging through the outage.
             "timeout": env_int("DB_POOL_TIMEOUT", 3),
         }
+        # Parameters bound by the server, not quoted into the SQL text: psycopg then
+        # prepares a statement it has run five times on a connection, and Postgres
+        # stops parsing and planning the hot path's queries on every call.
+        DATABASES["default"]["OPTIONS"]["server_side_binding"] = env_bool(
+            "DB_SERVER_SIDE_BINDING", True
+        )
 
 else:
     VAR_DIR.mkdir(exist_ok=True)

@@ -813,14 +813,18 @@ def inbox_ack_many(*, acks: list[tuple[Device, int]]) -> None:
         return
     with transaction.atomic():
         acked: dict[int, set[int]] = defaultdict(set)
-        for device_id, message_id in _inbox_delete(upto):
+        with_group_body = set()
+        for device_id, message_id, group_body in _inbox_delete(upto):
             if message_id is not None:
                 acked[owner[device_id]].add(message_id)
+                if group_body:
+                    with_group_body.add(message_id)
         if acked:
-            _mark_delivered(acked)
+            _mark_delivered(acked, with_group_body=with_group_body)
 
 
-def _inbox_delete(upto: dict[int, int]) -> list[tuple[int, int | None]]:
+def _inbox_delete(upto: dict[int, int]) -> list[tuple[int, int | None, bool | None]]:
+    """Delete acked rows; return (device, message, whether it has a group body)."""
     device_ids = sorted(upto)
     with connection.cursor() as cur:
         if connection.vendor == "postgresql":
@@ -828,7 +832,9 @@ def _inbox_delete(upto: dict[int, int]) -> list[tuple[int, int | None]]:
                 "DELETE FROM messaging_inboxentry i "
                 "USING unnest(%s::bigint[], %s::bigint[]) AS a(device_id, upto) "
                 "WHERE i.device_id = a.device_id AND i.cursor <= a.upto "
-                "RETURNING i.device_id, i.message_id",
+                "RETURNING i.device_id, i.message_id, i.message_id IS NOT NULL AND EXISTS ("
+                "  SELECT 1 FROM messaging_message m"
+                "  WHERE m.id = i.message_id AND m.group_body IS NOT NULL)",
                 [device_ids, [upto[d] for d in device_ids]],
             )
             return cur.fetchall()
@@ -840,7 +846,13 @@ def _inbox_delete(upto: dict[int, int]) -> list[tuple[int, int | None]]:
                 [device_id, upto[device_id]],
             )
             deleted += cur.fetchall()
-        return deleted
+    message_ids = {m for _, m in deleted if m is not None}
+    grouped = set(
+        Message.objects.filter(id__in=message_ids, group_body__isnull=False).values_list(
+            "id", flat=True
+        )
+    )
+    return [(d, m, m in grouped) for d, m in deleted]
 
 
 def inbox_drop(*, device: Device) -> None:
@@ -848,27 +860,55 @@ def inbox_drop(*, device: Device) -> None:
     InboxEntry.objects.filter(device=device).delete()
 
 
-def _mark_delivered(acked: dict[int, set[int]]) -> None:
+def _mark_delivered(acked: dict[int, set[int]], *, with_group_body: set[int]) -> None:
     """Turn the receipts of acked messages to delivered; move watermarks; tell senders.
 
     `acked` maps a user to the messages one of their devices just acked. The first
     device of a user to ack a message is the one that counts.
     """
     now = timezone.now()
-    message_ids = set().union(*acked.values())
-    with_group_body = list(
-        Message.objects.filter(id__in=message_ids, group_body__isnull=False).values_list(
-            "id", flat=True
-        )
-    )
     if with_group_body:
-        _group_body_release(with_group_body)
+        _group_body_release(list(with_group_body))
+    touched: dict[int, set[int]] = defaultdict(set)
+    for user_id, conversation_id in _receipts_deliver(acked, at=now):
+        touched[user_id].add(conversation_id)
+    _advance_delivered(touched, at=now)
+
+
+def _receipts_deliver(acked: dict[int, set[int]], *, at: datetime) -> list[tuple[int, int]]:
+    """Set delivered_at on the receipts still pending; return their (user, conversation).
+
+    The rows are locked in id order, so two processes never deadlock; one that
+    another device of the same user just delivered is skipped.
+    """
+    pairs = sorted((u, m) for u, messages in acked.items() for m in messages)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cur:
+            cur.execute(
+                """
+                WITH pairs(user_id, message_id) AS (
+                         SELECT * FROM unnest(%s::bigint[], %s::bigint[])),
+                     locked AS (
+                         SELECT r.id FROM messaging_receipt r
+                         JOIN pairs p ON r.user_id = p.user_id AND r.message_id = p.message_id
+                         WHERE r.delivered_at IS NULL
+                         ORDER BY r.id FOR UPDATE OF r
+                     )
+                UPDATE messaging_receipt r SET delivered_at = %s
+                FROM locked l, messaging_message m
+                WHERE r.id = l.id AND m.id = r.message_id
+                RETURNING r.user_id, m.conversation_id
+                """,
+                [[u for u, _ in pairs], [m for _, m in pairs], at],
+            )
+            return cur.fetchall()
     # One plain IN query for the whole batch (a long OR of pairs compiles slowly);
     # the pairs are picked out below.
+    message_ids = set().union(*acked.values())
     candidates = (
         Receipt.objects.select_for_update(of=("self",))
         .filter(user_id__in=acked, message_id__in=message_ids, delivered_at__isnull=True)
-        .order_by("id")  # locked in id order: two processes never deadlock
+        .order_by("id")
         .values_list("id", "user_id", "message_id", "message__conversation_id")
     )
     fresh = [
@@ -876,13 +916,8 @@ def _mark_delivered(acked: dict[int, set[int]]) -> None:
         for receipt_id, user_id, message_id, conversation_id in candidates
         if message_id in acked[user_id]
     ]
-    if not fresh:
-        return  # another device of these users got there first
-    Receipt.objects.filter(id__in=[r[0] for r in fresh]).update(delivered_at=now)
-    touched: dict[int, set[int]] = defaultdict(set)
-    for _, user_id, conversation_id in fresh:
-        touched[user_id].add(conversation_id)
-    _advance_delivered(touched, at=now)
+    Receipt.objects.filter(id__in=[r[0] for r in fresh]).update(delivered_at=at)
+    return [(user_id, conversation_id) for _, user_id, conversation_id in fresh]
 
 
 def _advance_delivered(touched: dict[int, set[int]], *, at: datetime) -> None:
@@ -896,19 +931,20 @@ def _advance_delivered(touched: dict[int, set[int]], *, at: datetime) -> None:
     if not touched:
         return
     all_conversations = set().union(*touched.values())
+    # last_seq is read (with the memberships) before the pending receipts: a message
+    # committed in between then has its receipt seen as pending, and is never
+    # counted as delivered.
     memberships = [
         m
-        for m in Membership.objects.select_for_update()
+        for m in Membership.objects.select_for_update(of=("self",))
+        .select_related("conversation")
+        .only("id", "user_id", "conversation_id", "delivered_seq", "conversation__last_seq")
         .filter(user_id__in=touched, conversation_id__in=all_conversations)
         .order_by("id")
         if m.conversation_id in touched[m.user_id]
     ]
     conversation_ids = {m.conversation_id for m in memberships}
-    # last_seq is read before the pending receipts: a message committed in between
-    # then has its receipt seen as pending, and is never counted as delivered.
-    last_seqs = dict(
-        Conversation.objects.filter(id__in=conversation_ids).values_list("id", "last_seq")
-    )
+    last_seqs = {m.conversation_id: m.conversation.last_seq for m in memberships}
     first_pending = {
         (user_id, cid): first
         for user_id, cid, first in Receipt.objects.filter(
