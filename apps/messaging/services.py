@@ -419,7 +419,7 @@ def _conversation_seqs_reserve(counts: dict[int, int]) -> dict[int, int]:
                 WITH wanted(id, n) AS (SELECT * FROM unnest(%s::bigint[], %s::bigint[])),
                      locked AS (
                          SELECT c.id FROM messaging_conversation c
-                         WHERE c.id = ANY(%s::bigint[]) ORDER BY c.id FOR UPDATE
+                         WHERE c.id = ANY(%s::bigint[]) ORDER BY c.id FOR NO KEY UPDATE
                      )
                 UPDATE messaging_conversation c
                 SET last_seq = c.last_seq + w.n, last_activity_at = %s
@@ -628,7 +628,7 @@ def message_fanout(*, message_id: int) -> int:
     """
     with transaction.atomic():
         message = (
-            Message.objects.select_for_update()
+            Message.objects.select_for_update(no_key=True)
             .filter(id=message_id, fanout_pending=True)
             .only("id", "sender_user_id", "sender_device_id")
             .first()
@@ -757,7 +757,11 @@ def _allocate_cursors(counts: dict[int, int]) -> dict[int, int]:
     """Reserve `n` cursors per active device; return the last reserved per device.
 
     The device rows stay locked until commit, so one device's rows commit in
-    cursor order. Locks are taken in id order so two writers never deadlock.
+    cursor order. Locks are taken in id order so two writers never deadlock, and
+    are FOR NO KEY UPDATE: the foreign keys of rows inserted elsewhere are checked
+    at commit (they are deferred) with KEY SHARE locks on devices, which a FOR
+    UPDATE would block out of order (deadlocks seen between a batch of sends and a
+    batch of acks under load).
     """
     device_ids = sorted(counts)
     with connection.cursor() as cur:
@@ -768,7 +772,7 @@ def _allocate_cursors(counts: dict[int, int]) -> dict[int, int]:
                      locked AS (
                          SELECT d.id FROM accounts_device d
                          WHERE d.id = ANY(%s::bigint[]) AND d.revoked_at IS NULL
-                         ORDER BY d.id FOR UPDATE
+                         ORDER BY d.id FOR NO KEY UPDATE
                      )
                 UPDATE accounts_device d SET inbox_cursor = d.inbox_cursor + w.n
                 FROM wanted w JOIN locked l ON l.id = w.id
@@ -828,14 +832,17 @@ def _inbox_delete(upto: dict[int, int]) -> list[tuple[int, int | None, bool | No
     device_ids = sorted(upto)
     with connection.cursor() as cur:
         if connection.vendor == "postgresql":
+            # Shaped for the (device, cursor) index whatever the plan: a join with
+            # unnest() was planned as a hash join over the whole table, and an
+            # EXISTS as a hashed scan of every message (both seen under load).
             cur.execute(
                 "DELETE FROM messaging_inboxentry i "
-                "USING unnest(%s::bigint[], %s::bigint[]) AS a(device_id, upto) "
-                "WHERE i.device_id = a.device_id AND i.cursor <= a.upto "
-                "RETURNING i.device_id, i.message_id, i.message_id IS NOT NULL AND EXISTS ("
-                "  SELECT 1 FROM messaging_message m"
-                "  WHERE m.id = i.message_id AND m.group_body IS NOT NULL)",
-                [device_ids, [upto[d] for d in device_ids]],
+                "WHERE i.device_id = ANY(%s::bigint[]) "
+                "AND i.cursor <= (%s::bigint[])[array_position(%s::bigint[], i.device_id)] "
+                "RETURNING i.device_id, i.message_id, "
+                "(SELECT m.group_body IS NOT NULL FROM messaging_message m "
+                " WHERE m.id = i.message_id)",
+                [device_ids, [upto[d] for d in device_ids], device_ids],
             )
             return cur.fetchall()
         deleted = []
@@ -886,20 +893,25 @@ def _receipts_deliver(acked: dict[int, set[int]], *, at: datetime) -> list[tuple
         with connection.cursor() as cur:
             cur.execute(
                 """
-                WITH pairs(user_id, message_id) AS (
-                         SELECT * FROM unnest(%s::bigint[], %s::bigint[])),
-                     locked AS (
+                WITH locked AS (
                          SELECT r.id FROM messaging_receipt r
-                         JOIN pairs p ON r.user_id = p.user_id AND r.message_id = p.message_id
-                         WHERE r.delivered_at IS NULL
-                         ORDER BY r.id FOR UPDATE OF r
+                         WHERE r.message_id = ANY(%s::bigint[])
+                           AND (r.user_id, r.message_id) IN (
+                               SELECT * FROM unnest(%s::bigint[], %s::bigint[]))
+                           AND r.delivered_at IS NULL
+                         ORDER BY r.id FOR NO KEY UPDATE OF r
                      )
                 UPDATE messaging_receipt r SET delivered_at = %s
                 FROM locked l, messaging_message m
                 WHERE r.id = l.id AND m.id = r.message_id
                 RETURNING r.user_id, m.conversation_id
                 """,
-                [[u for u, _ in pairs], [m for _, m in pairs], at],
+                [
+                    sorted({m for _, m in pairs}),
+                    [u for u, _ in pairs],
+                    [m for _, m in pairs],
+                    at,
+                ],
             )
             return cur.fetchall()
     # One plain IN query for the whole batch (a long OR of pairs compiles slowly);
@@ -936,7 +948,7 @@ def _advance_delivered(touched: dict[int, set[int]], *, at: datetime) -> None:
     # counted as delivered.
     memberships = [
         m
-        for m in Membership.objects.select_for_update(of=("self",))
+        for m in Membership.objects.select_for_update(of=("self",), no_key=True)
         .select_related("conversation")
         .only("id", "user_id", "conversation_id", "delivered_seq", "conversation__last_seq")
         .filter(user_id__in=touched, conversation_id__in=all_conversations)
@@ -967,9 +979,16 @@ def _advance_delivered(touched: dict[int, set[int]], *, at: datetime) -> None:
             membership.delivered_seq = watermark
     if not advanced:
         return
-    Membership.objects.bulk_update(
-        [m for m in memberships if (m.user_id, m.conversation_id) in advanced], ["delivered_seq"]
-    )
+    moved = [m for m in memberships if (m.user_id, m.conversation_id) in advanced]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cur:
+            cur.execute(
+                "UPDATE messaging_membership m SET delivered_seq = a.seq "
+                "FROM unnest(%s::bigint[], %s::bigint[]) AS a(id, seq) WHERE m.id = a.id",
+                [[m.id for m in moved], [m.delivered_seq for m in moved]],
+            )
+    else:
+        Membership.objects.bulk_update(moved, ["delivered_seq"])
     _receipt_notify(status="delivered", ranges=advanced, at=at)
 
 
@@ -981,29 +1000,7 @@ def _receipt_notify(
     `ranges` maps (the user who got or read them, conversation) to the seqs
     (low, high] that just turned `status`.
     """
-    # One clause per conversation (its readers' ranges merged), the exact ranges
-    # picked out below: an OR per (reader, conversation) compiles slowly when a
-    # batch holds 255 readers of one group.
-    spans: dict[int, tuple[int, int]] = {}
-    for (_, cid), (lo, hi) in ranges.items():
-        known = spans.get(cid, (lo, hi))
-        spans[cid] = (min(known[0], lo), max(known[1], hi))
-    in_spans = Q()
-    for cid, (lo, hi) in spans.items():
-        in_spans |= Q(conversation_id=cid, seq__gt=lo, seq__lte=hi)
-    readers = {user_id for user_id, _ in ranges}
-    candidates = Message.objects.filter(in_spans, receipts__user_id__in=readers)
-    if status == "delivered":
-        # A range may hold expired messages too: only senders with something that
-        # really arrived hear "delivered" (the others were told "expired").
-        candidates = candidates.filter(receipts__delivered_at__isnull=False)
-    notices = set()
-    for reader, cid, sender_id, seq in candidates.values_list(
-        "receipts__user_id", "conversation_id", "sender_user_id", "seq"
-    ):
-        span = ranges.get((reader, cid))
-        if span and span[0] < seq <= span[1] and sender_id != reader:
-            notices.add((reader, cid, sender_id))
+    notices = _receipt_senders(status, ranges)
     if not notices:
         return
     devices_by_user = defaultdict(list)
@@ -1031,6 +1028,58 @@ def _receipt_notify(
     inbox_append(rows)
 
 
+def _receipt_senders(status: str, ranges) -> set[tuple[int, int, int]]:
+    """(reader, conversation, sender) for each sender with a message in a reader's range.
+
+    For "delivered", only messages that really arrived count: a range may hold
+    expired ones too, whose senders were told "expired".
+    """
+    if connection.vendor == "postgresql":
+        keys = list(ranges)
+        arrived = "AND r.delivered_at IS NOT NULL" if status == "delivered" else ""
+        with connection.cursor() as cur:
+            cur.execute(
+                f"""
+                SELECT DISTINCT s.reader, s.cid, m.sender_user_id
+                FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])
+                     AS s(reader, cid, lo, hi)
+                JOIN messaging_message m
+                  ON m.conversation_id = s.cid AND m.seq > s.lo AND m.seq <= s.hi
+                 AND m.sender_user_id <> s.reader
+                JOIN messaging_receipt r ON r.message_id = m.id AND r.user_id = s.reader {arrived}
+                """,
+                [
+                    [reader for reader, _ in keys],
+                    [cid for _, cid in keys],
+                    [ranges[k][0] for k in keys],
+                    [ranges[k][1] for k in keys],
+                ],
+            )
+            return set(cur.fetchall())
+    # One clause per conversation (its readers' ranges merged), the exact ranges
+    # picked out below: an OR per (reader, conversation) compiles slowly when a
+    # batch holds 255 readers of one group.
+    spans: dict[int, tuple[int, int]] = {}
+    for (_, cid), (lo, hi) in ranges.items():
+        known = spans.get(cid, (lo, hi))
+        spans[cid] = (min(known[0], lo), max(known[1], hi))
+    in_spans = Q()
+    for cid, (lo, hi) in spans.items():
+        in_spans |= Q(conversation_id=cid, seq__gt=lo, seq__lte=hi)
+    readers = {user_id for user_id, _ in ranges}
+    candidates = Message.objects.filter(in_spans, receipts__user_id__in=readers)
+    if status == "delivered":
+        candidates = candidates.filter(receipts__delivered_at__isnull=False)
+    notices = set()
+    for reader, cid, sender_id, seq in candidates.values_list(
+        "receipts__user_id", "conversation_id", "sender_user_id", "seq"
+    ):
+        span = ranges.get((reader, cid))
+        if span and span[0] < seq <= span[1] and sender_id != reader:
+            notices.add((reader, cid, sender_id))
+    return notices
+
+
 # --- Reading -------------------------------------------------------------------------
 
 
@@ -1039,7 +1088,7 @@ def conversation_read(*, device: Device, conversation_id: int, up_to_seq: int) -
     user_id = device.user_id
     with transaction.atomic():
         membership = (
-            Membership.objects.select_for_update()
+            Membership.objects.select_for_update(no_key=True)
             .select_related("conversation")
             .filter(conversation_id=conversation_id, user_id=user_id)
             .first()
