@@ -76,10 +76,11 @@ def amark_pushed(*, device_id: int, cursor: int, transport: str) -> None:
 async def _write_waiting(client, loop) -> None:
     await asyncio.sleep(0)  # let the pushes of this turn of the loop add theirs
     marks = _WAITING.pop(loop, {})
+    make_key, ttl_s = cache.make_key, _ttl_s()
     try:
         async with client.pipeline(transaction=False) as pipe:
             for device_id, value in marks.items():
-                pipe.set(cache.make_key(_name(device_id)), value, ex=_ttl_s())
+                pipe.set(make_key(_name(device_id)), value, ex=ttl_s)
             await pipe.execute()
     except OUTAGES:
         logger.warning("could not mark the push of %d device(s)", len(marks))

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Q
 
 from apps.accounts.models import Device, User
@@ -230,15 +231,29 @@ async def connection_close(*, device: Device, conn: str) -> None:
 
 
 def presence_seen_write(*, devices: dict[int, str], users: dict[int, str]) -> None:
-    """Write Device.last_active_at and User.last_seen; never move either back in time."""
-    for device_id, at in devices.items():
-        Device.objects.filter(id=device_id).filter(
-            Q(last_active_at__isnull=True) | Q(last_active_at__lt=at)
-        ).update(last_active_at=at)
-    for user_id, at in users.items():
-        User.objects.filter(id=user_id).filter(
-            Q(last_seen__isnull=True) | Q(last_seen__lt=at)
-        ).update(last_seen=at)
+    """Write Device.last_active_at and User.last_seen; never move either back in time.
+
+    One statement per table however many: a sweep may expire hundreds of entries.
+    """
+    for model, column, stamps in (
+        (Device, "last_active_at", devices),
+        (User, "last_seen", users),
+    ):
+        if not stamps:
+            continue
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cur:
+                cur.execute(
+                    f"UPDATE {model._meta.db_table} t SET {column} = a.at "
+                    "FROM unnest(%s::bigint[], %s::timestamptz[]) AS a(id, at) "
+                    f"WHERE t.id = a.id AND (t.{column} IS NULL OR t.{column} < a.at)",
+                    [list(stamps), [datetime.fromisoformat(at) for at in stamps.values()]],
+                )
+            continue
+        for key, at in stamps.items():
+            model.objects.filter(id=key).filter(
+                Q(**{f"{column}__isnull": True}) | Q(**{f"{column}__lt": at})
+            ).update(**{column: at})
 
 
 async def presence_settle(*, user_id: int) -> None:
