@@ -1,6 +1,7 @@
 """Staff see the connection registry in the admin: devices per process, a user's devices."""
 
 import time
+import uuid
 
 import pytest
 from django.test import Client
@@ -29,32 +30,32 @@ def connect(device, process: str, transport: str = "ws"):
 
 
 def test_staff_see_devices_per_process_and_the_devices_of_a_user(staff, people):
+    # Process names of this run only: entries of an earlier run of the suite against
+    # the same Redis live on for their TTL and would be counted too.
+    one, two = f"web-1:100:{uuid.uuid4().hex[:8]}", f"web-2:200:{uuid.uuid4().hex[:8]}"
     alice, bob = people.user("alice"), people.user("bob")
     phone, laptop = people.device(alice, "alice-phone"), people.device(alice, "alice-laptop")
-    connect(phone, "web-1:100:aaaa")
-    connect(laptop, "web-2:200:bbbb", transport="longpoll")
-    connect(people.device(bob, "bob-cli"), "web-2:200:bbbb")
+    connect(phone, one)
+    connect(laptop, two, transport="longpoll")
+    connect(people.device(bob, "bob-cli"), two)
 
     page = staff.get(PAGE)
     assert page.status_code == 200
     rows = {p["process"]: p["devices"] for p in page.context["processes"]}
     # Other live processes (a test server of another test, say) may be listed too.
-    assert {p: rows.get(p) for p in ("web-1:100:aaaa", "web-2:200:bbbb")} == {
-        "web-1:100:aaaa": 1,
-        "web-2:200:bbbb": 2,
-    }
+    assert {p: rows.get(p) for p in (one, two)} == {one: 1, two: 2}
     assert page.context["total"] == sum(rows.values())
-    assert b"web-2:200:bbbb" in page.content
+    assert two.encode() in page.content
 
     mine = staff.get(PAGE, {"user": alice.username})
     found = {(d["device"].name, d["transport"], d["process"]) for d in mine.context["devices"]}
     assert found == {
-        ("alice-phone", "ws", "web-1:100:aaaa"),
-        ("alice-laptop", "longpoll", "web-2:200:bbbb"),
+        ("alice-phone", "ws", one),
+        ("alice-laptop", "longpoll", two),
     }
     assert b"alice-laptop" in mine.content
 
-    on_two = staff.get(PAGE, {"process": "web-2:200:bbbb"})
+    on_two = staff.get(PAGE, {"process": two})
     assert {d["device"].name for d in on_two.context["devices"]} == {"alice-laptop", "bob-cli"}
     assert b"Connected devices" in staff.get("/admin/").content
 
