@@ -102,3 +102,32 @@ class NoConnectionSweepMixin:
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
+
+
+DEADLOCK_RETRIES = 3
+
+
+def retry_on_deadlock(func):
+    """Run a function whose transaction Postgres may abort as a deadlock victim again.
+
+    Batches of acks lock receipts then memberships; a read receipt locks its
+    membership then its receipts. No single order serves both, and Postgres
+    breaks the rare cycle by aborting one transaction (seen twice in a run of
+    the suite): that one is rolled back whole, so running it again is safe.
+    Inside an outer transaction nothing can be retried, so the error goes up.
+    """
+
+    @functools.wraps(func)
+    def run(*args, **kwargs):
+        if connection.in_atomic_block:
+            return func(*args, **kwargs)
+        for attempt in range(DEADLOCK_RETRIES):
+            try:
+                return func(*args, **kwargs)
+            except OperationalError as exc:
+                deadlock = getattr(exc.__cause__, "sqlstate", None) == "40P01"
+                if not deadlock or attempt == DEADLOCK_RETRIES - 1:
+                    raise
+                time.sleep(0.005 * (attempt + 1))
+
+    return run

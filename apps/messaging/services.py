@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from apps.accounts.models import Device, User
 from apps.common import ids, jsonutil
-from apps.common.db import insert_unnest
+from apps.common.db import insert_unnest, retry_on_deadlock
 from apps.common.errors import BadRequest, DeviceMismatch, NatterError, NotFound, NotMember
 from apps.common.ratelimit import rate_limit_hit
 from apps.messaging import delivery, events
@@ -281,6 +281,7 @@ def _direct_send_check(request: SendRequest, expected: set[int]) -> None:
         )
 
 
+@retry_on_deadlock
 def _direct_messages_store(requests, indexes, members) -> dict[int, SendResult | NatterError]:
     """Write checked direct sends in one transaction; seqs in request order per chat.
 
@@ -800,6 +801,7 @@ def inbox_ack(*, device: Device, cursor: int) -> int:
     return cursor
 
 
+@retry_on_deadlock
 def inbox_ack_many(*, acks: list[tuple[Device, int]]) -> None:
     """Ack several devices' inboxes in one transaction: a group commit of acks.
 
@@ -1083,12 +1085,15 @@ def _receipt_senders(status: str, ranges) -> set[tuple[int, int, int]]:
 # --- Reading -------------------------------------------------------------------------
 
 
+@retry_on_deadlock
 def conversation_read(*, device: Device, conversation_id: int, up_to_seq: int) -> int:
     """Move the reader's read pointer; send one batched read receipt to each sender."""
     user_id = device.user_id
     with transaction.atomic():
+        # Only the membership is locked: locking the conversation too deadlocked
+        # with a member leaving (which locks the conversation, then memberships).
         membership = (
-            Membership.objects.select_for_update(no_key=True)
+            Membership.objects.select_for_update(no_key=True, of=("self",))
             .select_related("conversation")
             .filter(conversation_id=conversation_id, user_id=user_id)
             .first()
