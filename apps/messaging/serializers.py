@@ -90,7 +90,7 @@ def cursor_fast(data: dict) -> dict | None:
 
 
 class _NotSure(Exception):
-    pass
+    """The plain check cannot vouch for this input: the serializer decides."""
 
 
 def _uuid(value) -> uuid.UUID:

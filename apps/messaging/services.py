@@ -243,9 +243,6 @@ def _direct_sends_checked(requests, indexes, results) -> tuple[list, list, dict]
             direct.append(i)
     if not direct:
         return [], one_by_one, members
-    # The exact device set: every active device of the other member and the
-    # sender's other devices, so a client never silently misses one. A device that
-    # has not published keys yet could not decrypt anything: it is not counted.
     users = set().union(*(members[requests[i].conversation_id] for i in direct))
     devices_of: dict[int, set[int]] = defaultdict(set)
     for device_id, user_id in (
@@ -268,6 +265,12 @@ def _direct_sends_checked(requests, indexes, results) -> tuple[list, list, dict]
 
 
 def _direct_send_check(request: SendRequest, expected: set[int]) -> None:
+    """Refuse a direct send whose ciphertexts are not for exactly `expected`.
+
+    The exact device set: every active device of the other member and the sender's
+    other devices, so a client never silently misses one. A device that has not
+    published keys yet could not decrypt anything: it is not counted.
+    """
     if request.group_body is not None:
         raise BadRequest("group_body is for group conversations only.", field="group_body")
     given = [c.device_id for c in request.ciphertexts]
@@ -453,15 +456,7 @@ def _message_send_one(request: SendRequest) -> SendResult:
         return SendResult(original, duplicate=True)
     try:
         with transaction.atomic():
-            message = _message_store(
-                sender_device=sender_device,
-                conversation_id=request.conversation_id,
-                client_id=client_id,
-                kind=request.kind,
-                ciphertexts=request.ciphertexts,
-                group_body=request.group_body,
-                reply_to_seq=request.reply_to_seq,
-            )
+            message = _message_store(request)
             if request.media_id is not None:
                 from apps.media.services import media_attach
 
@@ -484,58 +479,41 @@ def _message_by_client_id(device: Device, client_id: uuid.UUID) -> Message | Non
     return Message.objects.filter(sender_device=device, client_id=client_id).first()
 
 
-def _message_store(
-    *, sender_device, conversation_id, client_id, kind, ciphertexts, group_body, reply_to_seq
-) -> Message:
-    sender_user_id = sender_device.user_id
+def _message_store(request: SendRequest) -> Message:
+    sender_device, conversation_id = request.sender_device, request.conversation_id
     members = dict(
         Membership.objects.current()
         .filter(conversation_id=conversation_id)
         .values_list("user_id", "conversation__kind")
     )
-    if sender_user_id not in members:
+    if sender_device.user_id not in members:
         raise NotMember()
-    if members[sender_user_id] == Conversation.Kind.GROUP:
+    if members[sender_device.user_id] == Conversation.Kind.GROUP:
         return _group_message_store(
             sender_device=sender_device,
             conversation_id=conversation_id,
-            client_id=client_id,
-            kind=kind,
-            ciphertexts=ciphertexts,
-            group_body=group_body,
-            reply_to_seq=reply_to_seq,
+            client_id=request.client_id,
+            kind=request.kind,
+            ciphertexts=request.ciphertexts,
+            group_body=request.group_body,
+            reply_to_seq=request.reply_to_seq,
         )
-    if group_body is not None:
-        raise BadRequest("group_body is for group conversations only.", field="group_body")
-
-    # The exact device set: every active device of the other member and the
-    # sender's other devices, so a client never silently misses one. A device that
-    # has not published keys yet could not decrypt anything: it is not counted.
-    expected = dict(
+    expected = set(
         Device.objects.active()
         .filter(user_id__in=members, identity_key__isnull=False)
         .exclude(id=sender_device.id)
-        .values_list("id", "user_id")
+        .values_list("id", flat=True)
     )
-    given = [c.device_id for c in ciphertexts]
-    if len(set(given)) != len(given):
-        raise BadRequest("A device appears twice in ciphertexts.", field="ciphertexts")
-    missing, extra = set(expected) - set(given), set(given) - set(expected)
-    if missing or extra:
-        raise DeviceMismatch(
-            missing=sorted(ids.encode(ids.DEVICE, d) for d in missing),
-            extra=sorted(ids.encode(ids.DEVICE, d) for d in extra),
-        )
-
+    _direct_send_check(request, expected)
     return _message_write(
         seq=conversation_next_seq(conversation_id),
         recipients=members,
         sender_device=sender_device,
         conversation_id=conversation_id,
-        client_id=client_id,
-        kind=kind,
-        ciphertexts=ciphertexts,
-        reply_to_seq=reply_to_seq,
+        client_id=request.client_id,
+        kind=request.kind,
+        ciphertexts=request.ciphertexts,
+        reply_to_seq=request.reply_to_seq,
     )
 
 

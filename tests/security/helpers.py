@@ -10,6 +10,7 @@ from rest_framework.test import APIClient
 from apps.messaging import services as messaging
 from config.asgi import application
 from tests.conftest import b64
+from tests.presence.helpers import next_of
 
 PASSWORD = "a long pass phrase 42"
 
@@ -40,15 +41,6 @@ async def open_socket(device, **kw) -> WebsocketCommunicator:
     assert (await ws.receive_json_from(timeout=5))["type"] == "hello"
     await next_of(ws, "drained")
     return ws
-
-
-async def next_of(ws, kind: str, timeout: float = 5) -> dict:
-    """The next frame of a type, skipping others."""
-    async with asyncio.timeout(timeout):
-        while True:
-            frame = await ws.receive_json_from(timeout=timeout)
-            if frame["type"] == kind:
-                return frame
 
 
 async def reply_to(ws, frame: dict, timeout: float = 5) -> dict:
