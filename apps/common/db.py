@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from django.db import OperationalError, connection
 
@@ -96,8 +97,6 @@ class NoConnectionSweepMixin:
     """
 
     async def dispatch(self, message):
-        from channels.consumer import get_handler_name
-
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")

@@ -33,6 +33,9 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_ELSEWHERE = 4409
 CLOSE_ABUSE = 4429
 
+# Pumps started by in-memory rings, kept referenced until they finish.
+_RINGING: set = set()
+
 
 class InboxConsumer(NoConnectionSweepMixin, PresenceSocketMixin, AsyncWebsocketConsumer):
     """Push a device's inbox with at most `window` unacknowledged events in flight."""
@@ -188,7 +191,9 @@ class InboxConsumer(NoConnectionSweepMixin, PresenceSocketMixin, AsyncWebsocketC
 
     def doorbell(self):
         """A ring from this process (events.local_listen): pump outside the dispatch."""
-        asyncio.ensure_future(self._pump_quietly())
+        task = asyncio.ensure_future(self._pump_quietly())
+        _RINGING.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(_RINGING.discard)
 
     async def _pump_quietly(self):
         try:

@@ -40,10 +40,12 @@ def local_listen(device_id: int, listener) -> None:
 
 
 def local_unlisten(device_id: int, listener) -> None:
-    listeners = _LOCAL.get(asyncio.get_running_loop(), {})
-    listeners.get(device_id, set()).discard(listener)
-    if not listeners.get(device_id, True):
-        del listeners[device_id]
+    by_device = _LOCAL.get(asyncio.get_running_loop(), {})
+    listeners = by_device.get(device_id)
+    if listeners is not None:
+        listeners.discard(listener)
+        if not listeners:
+            del by_device[device_id]
 
 
 def _ring_locally(group: str, message: dict) -> bool:
