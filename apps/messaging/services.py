@@ -449,11 +449,11 @@ def _conversation_seqs_reserve(counts: dict[int, int]) -> dict[int, int]:
 
 
 def _message_send_one(request: SendRequest) -> SendResult:
-    """The one-at-a-time path (groups, media): one transaction for one send."""
-    sender_device, client_id = request.sender_device, request.client_id
-    original = _message_by_client_id(sender_device, client_id)
-    if original is not None:
-        return SendResult(original, duplicate=True)
+    """The one-at-a-time path (groups, media): one transaction for one send.
+
+    message_send_many looked for an earlier copy just before; one committed since
+    then (a resend racing this one) breaks the client_id constraint, below.
+    """
     try:
         with transaction.atomic():
             message = _message_store(request)
@@ -462,21 +462,17 @@ def _message_send_one(request: SendRequest) -> SendResult:
 
                 media_attach(
                     media_id=request.media_id,
-                    sender_device=sender_device,
+                    sender_device=request.sender_device,
                     conversation_id=request.conversation_id,
                 )
     except IntegrityError:
         # A concurrent resend of the same client_id committed first; the whole
         # transaction (its seq included) rolled back, so seqs stay gapless.
-        original = _message_by_client_id(sender_device, client_id)
+        original = _messages_by_client_id([request]).get(request.key)
         if original is None:
             raise
         return SendResult(original, duplicate=True)
     return SendResult(message, duplicate=False)
-
-
-def _message_by_client_id(device: Device, client_id: uuid.UUID) -> Message | None:
-    return Message.objects.filter(sender_device=device, client_id=client_id).first()
 
 
 def _message_store(request: SendRequest) -> Message:

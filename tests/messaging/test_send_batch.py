@@ -117,3 +117,17 @@ def test_group_and_direct_sends_in_one_burst_each_take_their_path(chats, people)
     assert isinstance(results[2], BadRequest) and results[2].as_dict()["field"] == "group_body"
     # Fanned out by a worker after commit, as any group message.
     assert results[0].message.fanout_pending
+
+
+def test_a_group_resend_that_raced_past_the_duplicate_check_gets_the_original(chats, people):
+    a1, _, _ = chats[0]
+    carol = people.user()
+    people.device(carol)
+    group = groups.group_create(creator=a1.user, title="Race", member_ids=[carol.id])
+    send = request(a1, group, [], group_body=b"once")
+    (original,) = services.message_send_many(requests=[send])
+    # As if a resend from another process committed between the batch's duplicate
+    # check and this store: the client_id constraint sends it to its original.
+    again = services._message_send_one(send)
+    assert again.duplicate and again.message.id == original.message.id
+    assert Message.objects.filter(conversation=group, client_id=send.client_id).count() == 1
