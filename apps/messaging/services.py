@@ -341,16 +341,7 @@ def _messages_write(requests, indexes, messages: list[Message], members) -> None
     _messages_insert(messages)
     rows, receipts = [], []
     for i, message in zip(indexes, messages, strict=True):
-        rows += [
-            InboxEntry(
-                device_id=c.device_id,
-                type=InboxEntry.Type.MESSAGE,
-                message=message,
-                envelope=c.envelope,
-                body=c.body,
-            )
-            for c in requests[i].ciphertexts
-        ]
+        rows += _pairwise_rows(message, requests[i].ciphertexts)
         receipts += [
             Receipt(message=message, user_id=u)
             for u in members[message.conversation_id]
@@ -365,6 +356,20 @@ def _messages_write(requests, indexes, messages: list[Message], members) -> None
         )
     else:
         Receipt.objects.bulk_create(receipts)
+
+
+def _pairwise_rows(message: Message, ciphertexts: list[Ciphertext]) -> list[InboxEntry]:
+    """The inbox rows of a message: one per device it was encrypted for."""
+    return [
+        InboxEntry(
+            device_id=c.device_id,
+            type=InboxEntry.Type.MESSAGE,
+            message=message,
+            envelope=c.envelope,
+            body=c.body,
+        )
+        for c in ciphertexts
+    ]
 
 
 def _messages_insert(messages: list[Message]) -> None:
@@ -411,39 +416,17 @@ def _messages_insert(messages: list[Message]) -> None:
 def _conversation_seqs_reserve(counts: dict[int, int]) -> dict[int, int]:
     """Reserve `n` seqs per conversation; return the last reserved of each.
 
-    The conversation rows stay locked until commit (in id order: two writers never
-    deadlock), so concurrent senders queue and a rollback returns the seqs.
+    The conversation rows stay locked until commit, so concurrent senders queue
+    and a rollback returns the seqs.
     """
-    conversation_ids = sorted(counts)
-    now = timezone.now()
-    with connection.cursor() as cur:
-        if connection.vendor == "postgresql":
-            cur.execute(
-                """
-                WITH wanted(id, n) AS (SELECT * FROM unnest(%s::bigint[], %s::bigint[])),
-                     locked AS (
-                         SELECT c.id FROM messaging_conversation c
-                         WHERE c.id = ANY(%s::bigint[]) ORDER BY c.id FOR NO KEY UPDATE
-                     )
-                UPDATE messaging_conversation c
-                SET last_seq = c.last_seq + w.n, last_activity_at = %s
-                FROM wanted w JOIN locked l ON l.id = w.id
-                WHERE c.id = w.id
-                RETURNING c.id, c.last_seq
-                """,
-                [conversation_ids, [counts[c] for c in conversation_ids], conversation_ids, now],
-            )
-            last = dict(cur.fetchall())
-        else:
-            last = {}
-            for conversation_id in conversation_ids:
-                cur.execute(
-                    "UPDATE messaging_conversation SET last_seq = last_seq + %s, "
-                    "last_activity_at = %s WHERE id = %s RETURNING last_seq",
-                    [counts[conversation_id], now, conversation_id],
-                )
-                last[conversation_id] = cur.fetchone()[0]
-    if set(last) != set(conversation_ids):
+    last = _counters_reserve(
+        "messaging_conversation",
+        "last_seq",
+        counts,
+        also_set="last_activity_at = %s",
+        also_params=(timezone.now(),),
+    )
+    if set(last) != set(counts):
         raise NotMember()  # deleted meanwhile
     return last
 
@@ -527,18 +510,7 @@ def _message_write(
         reply_to_seq=reply_to_seq,
         **fields,
     )
-    inbox_append(
-        [
-            InboxEntry(
-                device_id=c.device_id,
-                type=InboxEntry.Type.MESSAGE,
-                message=message,
-                envelope=c.envelope,
-                body=c.body,
-            )
-            for c in ciphertexts
-        ]
-    )
+    inbox_append(_pairwise_rows(message, ciphertexts))
     Receipt.objects.bulk_create(
         [Receipt(message=message, user_id=u) for u in recipients if u != sender_device.user_id]
     )
@@ -732,39 +704,58 @@ def _allocate_cursors(counts: dict[int, int]) -> dict[int, int]:
     """Reserve `n` cursors per active device; return the last reserved per device.
 
     The device rows stay locked until commit, so one device's rows commit in
-    cursor order. Locks are taken in id order so two writers never deadlock, and
-    are FOR NO KEY UPDATE: the foreign keys of rows inserted elsewhere are checked
-    at commit (they are deferred) with KEY SHARE locks on devices, which a FOR
-    UPDATE would block out of order (deadlocks seen between a batch of sends and a
-    batch of acks under load).
+    cursor order.
     """
-    device_ids = sorted(counts)
+    return _counters_reserve(
+        "accounts_device", "inbox_cursor", counts, only_if="revoked_at IS NULL"
+    )
+
+
+def _counters_reserve(
+    table: str,
+    column: str,
+    counts: dict[int, int],
+    *,
+    only_if: str = "",
+    also_set: str = "",
+    also_params: tuple = (),
+) -> dict[int, int]:
+    """Add `counts[id]` to `column` of each row (and apply `also_set`); return the new values.
+
+    Rows not matching `only_if` are left alone and missing from the result. Locks
+    are taken in id order so two writers never deadlock, and are FOR NO KEY UPDATE:
+    the foreign keys of rows inserted elsewhere are checked at commit (they are
+    deferred) with KEY SHARE locks on these rows, which a FOR UPDATE would block out
+    of order (deadlocks seen between a batch of sends and a batch of acks under load).
+    """
+    row_ids = sorted(counts)
+    condition = f"AND {only_if}" if only_if else ""
+    extra = f", {also_set}" if also_set else ""
     with connection.cursor() as cur:
         if connection.vendor == "postgresql":
             cur.execute(
-                """
+                f"""
                 WITH wanted(id, n) AS (SELECT * FROM unnest(%s::bigint[], %s::bigint[])),
                      locked AS (
-                         SELECT d.id FROM accounts_device d
-                         WHERE d.id = ANY(%s::bigint[]) AND d.revoked_at IS NULL
-                         ORDER BY d.id FOR NO KEY UPDATE
+                         SELECT t.id FROM {table} t
+                         WHERE t.id = ANY(%s::bigint[]) {condition}
+                         ORDER BY t.id FOR NO KEY UPDATE
                      )
-                UPDATE accounts_device d SET inbox_cursor = d.inbox_cursor + w.n
+                UPDATE {table} t SET {column} = t.{column} + w.n{extra}
                 FROM wanted w JOIN locked l ON l.id = w.id
-                WHERE d.id = w.id
-                RETURNING d.id, d.inbox_cursor
+                WHERE t.id = w.id
+                RETURNING t.id, t.{column}
                 """,
-                [device_ids, [counts[d] for d in device_ids], device_ids],
+                [row_ids, [counts[i] for i in row_ids], row_ids, *also_params],
             )
         else:
             # SQLite takes one database-wide write lock: there is nothing to order.
-            cases = " ".join("WHEN %s THEN %s" for _ in device_ids)
-            params = [v for d in device_ids for v in (d, counts[d])]
-            marks = ",".join("%s" for _ in device_ids)
+            cases = " ".join("WHEN %s THEN %s" for _ in row_ids)
+            marks = ",".join("%s" for _ in row_ids)
             cur.execute(
-                f"UPDATE accounts_device SET inbox_cursor = inbox_cursor + CASE id {cases} END "
-                f"WHERE id IN ({marks}) AND revoked_at IS NULL RETURNING id, inbox_cursor",
-                [*params, *device_ids],
+                f"UPDATE {table} SET {column} = {column} + CASE id {cases} END{extra} "
+                f"WHERE id IN ({marks}) {condition} RETURNING id, {column}",
+                [*(v for i in row_ids for v in (i, counts[i])), *also_params, *row_ids],
             )
         return dict(cur.fetchall())
 
