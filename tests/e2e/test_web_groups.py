@@ -22,12 +22,30 @@ def event(page, text: str):
     return page.locator("li.event", has_text=text)
 
 
+async def answer_group_reads_late(page, seconds: float) -> asyncio.Queue:
+    """Read each group from the server at once but hand the answer over late, so a
+    change made meanwhile (a removal) reaches the page before the older answer does.
+    The queue gets each read's status as soon as the server has answered it."""
+    reads: asyncio.Queue = asyncio.Queue()
+
+    async def late(route):
+        response = await route.fetch()
+        reads.put_nowait(response.status)
+        await asyncio.sleep(seconds)
+        await route.fulfill(response=response)
+
+    await page.route("**/api/v1/groups/*", late)
+    return reads
+
+
 async def test_a_group_of_three_talks_then_removes_one_member(web_server):
     async with chromium() as browser:
         alice = await sign_up(browser, web_server, "Alice")
         bob = await sign_up(browser, web_server, "Bob")
         carol = await sign_up(browser, web_server, "Carol")
         a, b, c = alice.page, bob.page, carol.page
+        # The removal below must hold even when it crosses Carol's refresh of the group.
+        carol_reads = await answer_group_reads_late(c, 1.0)
 
         # Alice makes the group from the dialog, adding people by exact username.
         await a.get_by_role("button", name="New group").click()
@@ -67,9 +85,14 @@ async def test_a_group_of_three_talks_then_removes_one_member(web_server):
         await info.locator(".member").nth(2).wait_for()
         assert await info.locator(".member").count() == 3
         assert await info.locator(".member", has_text="You").locator(".admin-badge").count() == 1
+        while not carol_reads.empty():
+            carol_reads.get_nowait()
         await info.get_by_role("button", name="Make Bob an admin").click()
         await info.locator(".member", has_text="Bob").locator(".admin-badge").wait_for()
         await screenshot(a, "group-info")
+        # Carol's page reads the group after the promotion; she is removed while that
+        # answer is still on its way to her.
+        assert await asyncio.wait_for(carol_reads.get(), 10) == 200
         await info.get_by_role("button", name="Remove Carol").click()
         await info.locator(".member", has_text="Carol").wait_for(state="detached")
         await info.press("Escape")
@@ -92,6 +115,7 @@ async def test_a_group_of_three_talks_then_removes_one_member(web_server):
         await asyncio.sleep(1)
         assert await message(c, "Just the two of us now").count() == 0
         assert await message(c, "Indeed").count() == 0
+        assert await c.locator(".left-note").is_visible(), "an older read undid the removal"
 
         # Alice adds Carol back from Group info: she reads what comes next, not what she missed.
         await a.get_by_role("button", name="Group info", exact=True).click()

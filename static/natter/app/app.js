@@ -407,13 +407,16 @@ export class App extends EventTarget {
     list.forEach((c, i) => {
       current.add(c.id);
       const conv = this.conversations.get(c.id) || this.newConversation(c.id, c.kind);
-      conv.kind = c.kind;
-      conv.title = c.title;
-      conv.members = c.members;
+      if (c.last_seq >= conv.last_seq) {
+        // Only a list at least as new as the events already applied may say who is in.
+        conv.kind = c.kind;
+        conv.title = c.title;
+        conv.members = c.members;
+        conv.left = false;
+      }
       conv.last_seq = Math.max(conv.last_seq, c.last_seq);
       conv.read_seq = Math.max(conv.read_seq, c.read_seq);
       conv.serverIndex = i;
-      conv.left = false;
       this.conversations.set(c.id, conv);
       writes.push(["conversations", conv], ...this.rememberUsers(c.members));
     });
@@ -452,6 +455,12 @@ export class App extends EventTarget {
         this.emit("group", id);
       }
       throw err;
+    }
+    if (g.last_seq < conv.last_seq) {
+      // The answer was read before a change we have already applied (a removal that
+      // crossed this request, say): it must not undo that change.
+      if (!conv.left) this.refreshGroupSoon(id);
+      return conv;
     }
     this.applyGroup(conv, g);
     await this.store.write([["conversations", conv], ...this.rememberUsers(g.members)]);
@@ -766,6 +775,7 @@ export class App extends EventTarget {
       conv.admins = [...new Set([...(conv.admins || []), ...ids])];
     }
     if (ids.includes(this.me.id)) conv.left = ev.action === "removed" || ev.action === "left";
+    if (conv.left) clearTimeout(this.groupRefreshes.get(ev.conversation));
     const record = {
       key: `ev:${ev.conversation}:${ev.seq}`,
       conversation: ev.conversation,
