@@ -203,10 +203,18 @@ def _messages_by_client_id(requests: list[SendRequest]) -> dict[tuple[int, uuid.
     if not requests:
         return {}
     wanted = {r.key for r in requests}
-    found = Message.objects.filter(
-        sender_device_id__in={r.sender_device.id for r in requests},
-        client_id__in={r.client_id for r in requests},
-    )
+    if connection.vendor == "postgresql":
+        keys = sorted(wanted)
+        found = Message.objects.raw(
+            "SELECT * FROM messaging_message WHERE (sender_device_id, client_id) IN "
+            "(SELECT * FROM unnest(%s::bigint[], %s::uuid[]))",
+            [[d for d, _ in keys], [c for _, c in keys]],
+        )
+    else:
+        found = Message.objects.filter(
+            sender_device_id__in={r.sender_device.id for r in requests},
+            client_id__in={r.client_id for r in requests},
+        )
     return {
         (m.sender_device_id, m.client_id): m
         for m in found
@@ -222,16 +230,9 @@ def _direct_sends_checked(requests, indexes, results) -> tuple[list, list, dict]
     """
     if not indexes:
         return [], [], {}
-    conversation_ids = {requests[i].conversation_id for i in indexes}
-    members: dict[int, set[int]] = defaultdict(set)
-    kinds = {}
-    for conversation_id, user_id, kind in (
-        Membership.objects.current()
-        .filter(conversation_id__in=conversation_ids)
-        .values_list("conversation_id", "user_id", "conversation__kind")
-    ):
-        members[conversation_id].add(user_id)
-        kinds[conversation_id] = kind
+    members, kinds, devices_of = _members_and_devices(
+        {requests[i].conversation_id for i in indexes}
+    )
     direct, one_by_one = [], []
     for i in indexes:
         request = requests[i]
@@ -241,16 +242,6 @@ def _direct_sends_checked(requests, indexes, results) -> tuple[list, list, dict]
             one_by_one.append(i)
         else:
             direct.append(i)
-    if not direct:
-        return [], one_by_one, members
-    users = set().union(*(members[requests[i].conversation_id] for i in direct))
-    devices_of: dict[int, set[int]] = defaultdict(set)
-    for device_id, user_id in (
-        Device.objects.active()
-        .filter(user_id__in=users, identity_key__isnull=False)
-        .values_list("id", "user_id")
-    ):
-        devices_of[user_id].add(device_id)
     passed = []
     for i in direct:
         request = requests[i]
@@ -262,6 +253,51 @@ def _direct_sends_checked(requests, indexes, results) -> tuple[list, list, dict]
         else:
             passed.append(i)
     return passed, one_by_one, members
+
+
+def _members_and_devices(conversation_ids: set[int]) -> tuple[dict, dict, dict]:
+    """Current members and kind of each conversation, and the keyed active devices of
+    the members of the direct ones (a group's devices are the fan-out's business)."""
+    members: dict[int, set[int]] = defaultdict(set)
+    kinds: dict[int, str] = {}
+    devices_of: dict[int, set[int]] = defaultdict(set)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cur:
+            cur.execute(
+                """
+                SELECT ms.conversation_id, ms.user_id, c.kind, d.id
+                FROM messaging_membership ms
+                JOIN messaging_conversation c ON c.id = ms.conversation_id
+                LEFT JOIN accounts_device d
+                  ON c.kind = 'direct' AND d.user_id = ms.user_id
+                 AND d.revoked_at IS NULL AND d.identity_key IS NOT NULL
+                WHERE ms.conversation_id = ANY(%s::bigint[]) AND ms.left_seq IS NULL
+                """,
+                [sorted(conversation_ids)],
+            )
+            for conversation_id, user_id, kind, device_id in cur.fetchall():
+                members[conversation_id].add(user_id)
+                kinds[conversation_id] = kind
+                if device_id is not None:
+                    devices_of[user_id].add(device_id)
+        return members, kinds, devices_of
+    for conversation_id, user_id, kind in (
+        Membership.objects.current()
+        .filter(conversation_id__in=conversation_ids)
+        .values_list("conversation_id", "user_id", "conversation__kind")
+    ):
+        members[conversation_id].add(user_id)
+        kinds[conversation_id] = kind
+    direct_users = {
+        u for c, users in members.items() if kinds[c] == Conversation.Kind.DIRECT for u in users
+    }
+    for device_id, user_id in (
+        Device.objects.active()
+        .filter(user_id__in=direct_users, identity_key__isnull=False)
+        .values_list("id", "user_id")
+    ):
+        devices_of[user_id].add(device_id)
+    return members, kinds, devices_of
 
 
 def _direct_send_check(request: SendRequest, expected: set[int]) -> None:
@@ -909,10 +945,65 @@ def _advance_delivered(touched: dict[int, set[int]], *, at: datetime) -> None:
     """
     if not touched:
         return
-    all_conversations = set().union(*touched.values())
+    advanced = {}
+    moved = []
+    for (
+        membership_id,
+        user_id,
+        conversation_id,
+        delivered_seq,
+        last,
+        pending,
+    ) in _delivered_watermark_inputs(touched):
+        watermark = last if pending is None else min(last, pending - 1)
+        if watermark > delivered_seq:
+            advanced[(user_id, conversation_id)] = (delivered_seq, watermark)
+            moved.append((membership_id, watermark))
+    if not advanced:
+        return
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cur:
+            cur.execute(
+                "UPDATE messaging_membership m SET delivered_seq = a.seq "
+                "FROM unnest(%s::bigint[], %s::bigint[]) AS a(id, seq) WHERE m.id = a.id",
+                [[m for m, _ in moved], [seq for _, seq in moved]],
+            )
+    else:
+        Membership.objects.bulk_update(
+            [Membership(id=m, delivered_seq=seq) for m, seq in moved], ["delivered_seq"]
+        )
+    _receipt_notify(status="delivered", ranges=advanced, at=at)
+
+
+def _delivered_watermark_inputs(touched: dict[int, set[int]]) -> list[tuple]:
+    """Lock the touched memberships (id order); return for each (membership id, user,
+    conversation, delivered_seq, the conversation's last_seq, the seq of the member's
+    first message still pending there or None)."""
+    keys = sorted((u, c) for u, conversations in touched.items() for c in conversations)
+    if connection.vendor == "postgresql":
+        # One statement, so last_seq and the pending receipts are read from the same
+        # snapshot: a message committed meanwhile is in neither.
+        with connection.cursor() as cur:
+            cur.execute(
+                """
+                SELECT ms.id, ms.user_id, ms.conversation_id, ms.delivered_seq, c.last_seq,
+                       (SELECT min(m.seq) FROM messaging_receipt r
+                        JOIN messaging_message m ON m.id = r.message_id
+                        WHERE r.user_id = ms.user_id AND m.conversation_id = ms.conversation_id
+                          AND r.delivered_at IS NULL AND r.expired_at IS NULL)
+                FROM messaging_membership ms
+                JOIN messaging_conversation c ON c.id = ms.conversation_id
+                WHERE (ms.user_id, ms.conversation_id) IN (
+                    SELECT * FROM unnest(%s::bigint[], %s::bigint[]))
+                ORDER BY ms.id FOR NO KEY UPDATE OF ms
+                """,
+                [[u for u, _ in keys], [c for _, c in keys]],
+            )
+            return cur.fetchall()
     # last_seq is read (with the memberships) before the pending receipts: a message
     # committed in between then has its receipt seen as pending, and is never
     # counted as delivered.
+    all_conversations = {c for _, c in keys}
     memberships = [
         m
         for m in Membership.objects.select_for_update(of=("self",), no_key=True)
@@ -922,41 +1013,28 @@ def _advance_delivered(touched: dict[int, set[int]], *, at: datetime) -> None:
         .order_by("id")
         if m.conversation_id in touched[m.user_id]
     ]
-    conversation_ids = {m.conversation_id for m in memberships}
-    last_seqs = {m.conversation_id: m.conversation.last_seq for m in memberships}
     first_pending = {
         (user_id, cid): first
         for user_id, cid, first in Receipt.objects.filter(
             user_id__in=touched,
             delivered_at__isnull=True,
             expired_at__isnull=True,
-            message__conversation_id__in=conversation_ids,
+            message__conversation_id__in={m.conversation_id for m in memberships},
         )
         .values_list("user_id", "message__conversation_id")
         .annotate(first=Min("message__seq"))
     }
-    advanced = {}
-    for membership in memberships:
-        key = (membership.user_id, membership.conversation_id)
-        last = last_seqs[membership.conversation_id]
-        pending = first_pending.get(key)
-        watermark = last if pending is None else min(last, pending - 1)
-        if watermark > membership.delivered_seq:
-            advanced[key] = (membership.delivered_seq, watermark)
-            membership.delivered_seq = watermark
-    if not advanced:
-        return
-    moved = [m for m in memberships if (m.user_id, m.conversation_id) in advanced]
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cur:
-            cur.execute(
-                "UPDATE messaging_membership m SET delivered_seq = a.seq "
-                "FROM unnest(%s::bigint[], %s::bigint[]) AS a(id, seq) WHERE m.id = a.id",
-                [[m.id for m in moved], [m.delivered_seq for m in moved]],
-            )
-    else:
-        Membership.objects.bulk_update(moved, ["delivered_seq"])
-    _receipt_notify(status="delivered", ranges=advanced, at=at)
+    return [
+        (
+            m.id,
+            m.user_id,
+            m.conversation_id,
+            m.delivered_seq,
+            m.conversation.last_seq,
+            first_pending.get((m.user_id, m.conversation_id)),
+        )
+        for m in memberships
+    ]
 
 
 def _receipt_notify(
@@ -967,19 +1045,9 @@ def _receipt_notify(
     `ranges` maps (the user who got or read them, conversation) to the seqs
     (low, high] that just turned `status`.
     """
-    notices = _receipt_senders(status, ranges)
-    if not notices:
-        return
-    devices_by_user = defaultdict(list)
-    for device_id, owner in (
-        Device.objects.active()
-        .filter(user_id__in={sender for _, _, sender in notices})
-        .values_list("id", "user_id")
-    ):
-        devices_by_user[owner].append(device_id)
     stamp = _iso(at)
     rows = []
-    for by_user_id, cid, sender_id in sorted(notices):
+    for by_user_id, cid, device_id in sorted(_receipt_devices(status, ranges)):
         payload = {
             "type": "receipt",
             "conversation": ids.encode(ids.CONVERSATION, cid),
@@ -988,15 +1056,13 @@ def _receipt_notify(
             "up_to_seq": ranges[(by_user_id, cid)][1],
             "at": stamp,
         }
-        rows += [
-            InboxEntry(device_id=d, type=InboxEntry.Type.RECEIPT, payload=payload)
-            for d in devices_by_user[sender_id]
-        ]
+        rows.append(InboxEntry(device_id=device_id, type=InboxEntry.Type.RECEIPT, payload=payload))
     inbox_append(rows)
 
 
-def _receipt_senders(status: str, ranges) -> set[tuple[int, int, int]]:
-    """(reader, conversation, sender) for each sender with a message in a reader's range.
+def _receipt_devices(status: str, ranges) -> set[tuple[int, int, int]]:
+    """(reader, conversation, device) for each active device of each sender with a
+    message in a reader's range.
 
     For "delivered", only messages that really arrived count: a range may hold
     expired ones too, whose senders were told "expired".
@@ -1007,13 +1073,14 @@ def _receipt_senders(status: str, ranges) -> set[tuple[int, int, int]]:
         with connection.cursor() as cur:
             cur.execute(
                 f"""
-                SELECT DISTINCT s.reader, s.cid, m.sender_user_id
+                SELECT DISTINCT s.reader, s.cid, d.id
                 FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])
                      AS s(reader, cid, lo, hi)
                 JOIN messaging_message m
                   ON m.conversation_id = s.cid AND m.seq > s.lo AND m.seq <= s.hi
                  AND m.sender_user_id <> s.reader
                 JOIN messaging_receipt r ON r.message_id = m.id AND r.user_id = s.reader {arrived}
+                JOIN accounts_device d ON d.user_id = m.sender_user_id AND d.revoked_at IS NULL
                 """,
                 [
                     [reader for reader, _ in keys],
@@ -1044,7 +1111,18 @@ def _receipt_senders(status: str, ranges) -> set[tuple[int, int, int]]:
         span = ranges.get((reader, cid))
         if span and span[0] < seq <= span[1] and sender_id != reader:
             notices.add((reader, cid, sender_id))
-    return notices
+    devices_by_user = defaultdict(list)
+    for device_id, owner in (
+        Device.objects.active()
+        .filter(user_id__in={sender for _, _, sender in notices})
+        .values_list("id", "user_id")
+    ):
+        devices_by_user[owner].append(device_id)
+    return {
+        (reader, cid, device_id)
+        for reader, cid, sender_id in notices
+        for device_id in devices_by_user[sender_id]
+    }
 
 
 # --- Reading -------------------------------------------------------------------------
