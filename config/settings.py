@@ -14,6 +14,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from config.dbpool import check_when_idle
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 
@@ -141,13 +143,21 @@ if DATABASE_URL:
             # `unavailable`. Short: while Postgres is down no connection is coming, and
             # a client told "retry" at once beats one left hanging through the outage.
             "timeout": env_int("DB_POOL_TIMEOUT", 3),
+            # Django's health check (CONN_HEALTH_CHECKS) would cost a round trip on
+            # every database call; this one checks only connections left idle.
+            "check": check_when_idle,
         }
-        # Parameters bound by the server, not quoted into the SQL text: psycopg then
-        # prepares a statement it has run five times on a connection, and Postgres
-        # stops parsing and planning the hot path's queries on every call.
+        # Parameters bound by the server, not quoted into the SQL text, and a
+        # statement run five times on a connection prepared there: Postgres then
+        # stops parsing and planning the hot path's queries on every call (planning
+        # took five times as long as running them). Django leaves preparing off
+        # for the sake of transaction-mode poolers (PgBouncer before 1.21), which
+        # is what DB_PREPARED_STATEMENTS=0 is for.
         DATABASES["default"]["OPTIONS"]["server_side_binding"] = env_bool(
             "DB_SERVER_SIDE_BINDING", True
         )
+        if env_bool("DB_PREPARED_STATEMENTS", True):
+            DATABASES["default"]["OPTIONS"]["prepare_threshold"] = 5
 
 else:
     VAR_DIR.mkdir(exist_ok=True)

@@ -205,8 +205,12 @@ def _messages_by_client_id(requests: list[SendRequest]) -> dict[tuple[int, uuid.
     wanted = {r.key for r in requests}
     if connection.vendor == "postgresql":
         keys = sorted(wanted)
+        # Named columns, not *: a prepared statement's result must not change shape
+        # when a migration adds a column under a running server.
         found = Message.objects.raw(
-            "SELECT * FROM messaging_message WHERE (sender_device_id, client_id) IN "
+            "SELECT id, conversation_id, seq, sender_user_id, sender_device_id, client_id, "
+            "kind, reply_to_seq, group_body, fanout_pending, created_at "
+            "FROM messaging_message WHERE (sender_device_id, client_id) IN "
             "(SELECT * FROM unnest(%s::bigint[], %s::uuid[]))",
             [[d for d, _ in keys], [c for _, c in keys]],
         )
