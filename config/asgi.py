@@ -12,30 +12,28 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.sessions import CookieMiddleware, SessionMiddleware  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
-from apps.common.asgi import BodySizeLimit  # noqa: E402
+from apps.common.asgi import BodySizeLimit, SessionsForCookies  # noqa: E402
 from apps.messaging.consumers import InboxConsumer  # noqa: E402
 from apps.messaging.longpoll import EventsLongPollConsumer  # noqa: E402
-
-
-def session_stack(inner):
-    return CookieMiddleware(SessionMiddleware(inner))
-
 
 application = ProtocolTypeRouter(
     {
         "http": BodySizeLimit(
             URLRouter(
                 [
-                    re_path(r"^api/v1/events/?$", session_stack(EventsLongPollConsumer.as_asgi())),
+                    re_path(
+                        r"^api/v1/events/?$", SessionsForCookies(EventsLongPollConsumer.as_asgi())
+                    ),
                     re_path(r"", django_asgi_app),
                 ]
             )
         ),
         # Origin is checked by the consumer, only for cookie-authenticated sockets:
         # a bearer token cannot be replayed by a foreign page, a session cookie can.
-        "websocket": session_stack(URLRouter([re_path(r"^ws/v1/?$", InboxConsumer.as_asgi())])),
+        "websocket": SessionsForCookies(
+            URLRouter([re_path(r"^ws/v1/?$", InboxConsumer.as_asgi())])
+        ),
     }
 )

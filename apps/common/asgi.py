@@ -1,5 +1,6 @@
 """ASGI middleware that runs before Django."""
 
+from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
 
 from apps.common import jsonutil
@@ -48,3 +49,23 @@ class BodySizeLimit:
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
+
+
+class SessionsForCookies:
+    """Give a connection Django's session only when it carries the session cookie.
+
+    Channels' session middleware wraps every frame a socket sends; a client that
+    authenticates with a bearer token (the SDK, the CLI, other servers' clients)
+    has no session to load or save, and skips that work on each frame.
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.with_session = CookieMiddleware(SessionMiddleware(inner))
+
+    async def __call__(self, scope, receive, send):
+        cookie_name = settings.SESSION_COOKIE_NAME.encode()
+        for name, value in scope.get("headers", ()):
+            if name == b"cookie" and cookie_name in value:
+                return await self.with_session(scope, receive, send)
+        return await self.inner(scope, receive, send)

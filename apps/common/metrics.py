@@ -64,7 +64,14 @@ def observe_pushed(events, transport: str) -> None:
             if sent:
                 DELIVERY.observe(max(0.0, now - datetime.fromisoformat(sent).timestamp()))
     if count:
-        PUSHED.labels(transport).inc(count)
+        _PUSHED_BY[transport].inc(count)
+
+
+# Label children looked up once: `.labels()` takes a lock and builds a key per call,
+# and a socket process counts every frame.
+SENDS_WS, SENDS_REST = SENDS.labels("ws"), SENDS.labels("rest")
+ACKS_WS, ACKS_REST = ACKS.labels("ws"), ACKS.labels("rest")
+_PUSHED_BY = {transport: PUSHED.labels(transport) for transport in ("ws", "longpoll")}
 
 
 class DatabaseCollector:

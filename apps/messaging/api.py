@@ -80,7 +80,7 @@ class MessageSendApi(APIView):
         result = services.message_send(
             sender_device=request.auth, **serializers.send_arguments(data)
         )
-        metrics.SENDS.labels("rest").inc()
+        metrics.SENDS_REST.inc()
         if result.duplicate:
             metrics.SEND_DUPLICATES.inc()
         return Response(
@@ -96,7 +96,7 @@ class EventsAckApi(APIView):
     def post(self, request):
         data = validated(serializers.CursorSerializer, request.data)
         acked = services.inbox_ack_handed_out(device=request.auth, cursor=data["cursor"])
-        metrics.ACKS.labels("rest").inc()
+        metrics.ACKS_REST.inc()
         return Response({"cursor": acked})
 
 

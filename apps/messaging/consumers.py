@@ -123,7 +123,7 @@ class InboxConsumer(NoConnectionSweepMixin, PresenceSocketMixin, AsyncWebsocketC
         result = await batching.message_send(
             services.SendRequest(sender_device=self.device, **serializers.send_arguments(data))
         )
-        metrics.SENDS.labels("ws").inc()
+        metrics.SENDS_WS.inc()
         if result.duplicate:
             metrics.SEND_DUPLICATES.inc()
         await self.send_frame({"type": "ack", "ref": ref, **result.as_ack()})
@@ -134,7 +134,7 @@ class InboxConsumer(NoConnectionSweepMixin, PresenceSocketMixin, AsyncWebsocketC
         ]
         # Never delete what this socket has not pushed: a client cannot ack unseen rows.
         cursor = min(cursor, self.pushed_cursor)
-        metrics.ACKS.labels("ws").inc()
+        metrics.ACKS_WS.inc()
         while self.in_flight and self.in_flight[0] <= cursor:
             self.in_flight.popleft()
         if cursor > 0:

@@ -1,6 +1,8 @@
 """A process's acks and pushes are served in batches (group commit)."""
 
 import asyncio
+import threading
+import time
 
 import pytest
 from channels.db import database_sync_to_async
@@ -53,3 +55,40 @@ async def test_pushes_rung_together_are_read_together(people):
     assert reads.batches - before <= 2
     for (_device, cursor), page in zip(acks, pages, strict=True):
         assert page[-1]["cursor"] == cursor and page[-1]["event"]["message_id"] == message.public_id
+
+
+class _Recorder:
+    """A batch function that takes a while and remembers how many ran at once."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+        self.sizes: list[int] = []
+
+    def __call__(self, requests):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.sizes.append(len(requests))
+        time.sleep(0.05)
+        with self.lock:
+            self.now -= 1
+        return [r * 10 for r in requests]
+
+
+async def test_a_second_batch_runs_alongside_only_while_a_crowd_waits():
+    recorder = _Recorder()
+    batcher = batching._Batcher(recorder, lanes=2, crowd=16)
+    # A few calls at a time: one batch after another, never two at once.
+    for start in range(0, 12, 3):
+        results = await asyncio.gather(*(batcher.call(n) for n in range(start, start + 3)))
+        assert results == [n * 10 for n in range(start, start + 3)]
+    assert recorder.most == 1
+    # A flood while a batch runs: a second batch takes the crowd, never a third.
+    first = asyncio.ensure_future(batcher.call(0))
+    await asyncio.sleep(0.01)
+    flood = [asyncio.ensure_future(batcher.call(n)) for n in range(1, 60)]
+    assert await first == 0
+    assert await asyncio.gather(*flood) == [n * 10 for n in range(1, 60)]
+    assert recorder.most == 2
+    assert sum(recorder.sizes) == 12 + 60  # every call in exactly one batch
