@@ -21,6 +21,7 @@ class _Batcher:
 
     def __init__(self, run_batch, *, gather_s: float = 0.0, lanes: int = 1, crowd: int = 16):
         self.run_batch = run_batch  # list of requests -> list of results, same order
+        self.run_threaded = db_call(run_batch)  # built once, not per batch
         # How long a batch waits for company before it runs: a few milliseconds of
         # latency that turn a burst of calls into one batch.
         self.gather_s = gather_s
@@ -54,7 +55,7 @@ class _Batcher:
                 batch, self.pending = self.pending, []
                 self.batches += 1
                 try:
-                    results = await db_call(self.run_batch)([request for request, _ in batch])
+                    results = await self.run_threaded([request for request, _ in batch])
                 except Exception as error:  # every waiting socket reports it
                     for _, future in batch:
                         if not future.done():

@@ -8,6 +8,7 @@ import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from django.conf import settings
 from django.core.cache import cache
@@ -383,31 +384,19 @@ def _messages_write(requests, indexes, messages: list[Message], members) -> None
     for i, message in zip(indexes, messages, strict=True):
         rows += _pairwise_rows(message, requests[i].ciphertexts)
         receipts += [
-            Receipt(message=message, user_id=u)
-            for u in members[message.conversation_id]
-            if u != message.sender_user_id
+            (message.id, u) for u in members[message.conversation_id] if u != message.sender_user_id
         ]
-    inbox_append(rows)
+    inbox_write(rows)
     if connection.vendor == "postgresql":
-        insert_unnest(
-            Receipt,
-            {"message_id": "bigint", "user_id": "bigint"},
-            [(r.message_id, r.user_id) for r in receipts],
-        )
+        insert_unnest(Receipt, {"message_id": "bigint", "user_id": "bigint"}, receipts)
     else:
-        Receipt.objects.bulk_create(receipts)
+        Receipt.objects.bulk_create([Receipt(message_id=m, user_id=u) for m, u in receipts])
 
 
-def _pairwise_rows(message: Message, ciphertexts: list[Ciphertext]) -> list[InboxEntry]:
+def _pairwise_rows(message: Message, ciphertexts: list[Ciphertext]) -> list["InboxRow"]:
     """The inbox rows of a message: one per device it was encrypted for."""
     return [
-        InboxEntry(
-            device_id=c.device_id,
-            type=InboxEntry.Type.MESSAGE,
-            message=message,
-            envelope=c.envelope,
-            body=c.body,
-        )
+        InboxRow(c.device_id, InboxEntry.Type.MESSAGE, message.id, c.envelope, c.body)
         for c in ciphertexts
     ]
 
@@ -550,7 +539,7 @@ def _message_write(
         reply_to_seq=reply_to_seq,
         **fields,
     )
-    inbox_append(_pairwise_rows(message, ciphertexts))
+    inbox_write(_pairwise_rows(message, ciphertexts))
     Receipt.objects.bulk_create(
         [Receipt(message=message, user_id=u) for u in recipients if u != sender_device.user_id]
     )
@@ -684,12 +673,36 @@ def conversation_next_seq(conversation_id: int) -> int:
 # --- The inbox ---------------------------------------------------------------------
 
 
+class InboxRow(NamedTuple):
+    """An inbox row to write: a plain tuple, not a model (building a model instance
+    per row, with its init signals, was 5 % of a loaded socket process)."""
+
+    device_id: int
+    type: str
+    message_id: int | None = None
+    envelope: str = ""
+    body: bytes | None = None
+    payload: dict | None = None
+
+
 def inbox_append(rows: list[InboxEntry], *, ignore_conflicts: bool = False) -> list[InboxEntry]:
+    """`inbox_write` for model instances: return the ones written, with their cursors."""
+    written = inbox_write(
+        [InboxRow(r.device_id, r.type, r.message_id, r.envelope, r.body, r.payload) for r in rows],
+        ignore_conflicts=ignore_conflicts,
+    )
+    for index, cursor in written:
+        rows[index].cursor = cursor
+    return [rows[index] for index, _ in written]
+
+
+def inbox_write(rows: list[InboxRow], *, ignore_conflicts: bool = False) -> list[tuple[int, int]]:
     """Give each row the next cursor of its device, insert them, ring on commit.
 
     Rows for devices revoked meanwhile are dropped: their inbox is gone. With
     `ignore_conflicts`, a row whose (device, message) exists is skipped (its
     reserved cursor stays unused: cursors increase, they need not be gapless).
+    Returns (index in `rows`, cursor) of each row kept.
     """
     if not rows:
         return []
@@ -697,11 +710,10 @@ def inbox_append(rows: list[InboxEntry], *, ignore_conflicts: bool = False) -> l
     last = _allocate_cursors(counts)
     next_cursor = {d: last[d] - counts[d] + 1 for d in last}
     kept = []
-    for row in rows:
+    for index, row in enumerate(rows):
         if row.device_id in next_cursor:
-            row.cursor = next_cursor[row.device_id]
+            kept.append((index, next_cursor[row.device_id]))
             next_cursor[row.device_id] += 1
-            kept.append(row)
     if connection.vendor == "postgresql":
         now = timezone.now()
         insert_unnest(
@@ -709,8 +721,8 @@ def inbox_append(rows: list[InboxEntry], *, ignore_conflicts: bool = False) -> l
             _INBOX_COLUMNS,
             [
                 (
-                    r.device_id,
-                    r.cursor,
+                    (r := rows[index]).device_id,
+                    cursor,
                     str(r.type),
                     r.message_id,
                     r.envelope,
@@ -718,12 +730,15 @@ def inbox_append(rows: list[InboxEntry], *, ignore_conflicts: bool = False) -> l
                     None if r.payload is None else jsonutil.dumps(r.payload),
                     now,
                 )
-                for r in kept
+                for index, cursor in kept
             ],
             skip_conflicts=ignore_conflicts,
         )
     else:
-        InboxEntry.objects.bulk_create(kept, ignore_conflicts=ignore_conflicts)
+        InboxEntry.objects.bulk_create(
+            [InboxEntry(cursor=cursor, **rows[index]._asdict()) for index, cursor in kept],
+            ignore_conflicts=ignore_conflicts,
+        )
     events.ring_doorbells_on_commit(device_ids=last.keys())
     return kept
 
@@ -1060,8 +1075,8 @@ def _receipt_notify(
             "up_to_seq": ranges[(by_user_id, cid)][1],
             "at": stamp,
         }
-        rows.append(InboxEntry(device_id=device_id, type=InboxEntry.Type.RECEIPT, payload=payload))
-    inbox_append(rows)
+        rows.append(InboxRow(device_id, InboxEntry.Type.RECEIPT, payload=payload))
+    inbox_write(rows)
 
 
 def _receipt_devices(status: str, ranges) -> set[tuple[int, int, int]]:

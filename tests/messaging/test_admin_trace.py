@@ -134,7 +134,7 @@ async def test_a_socket_push_is_marked_for_the_trace(people):
     last = await database_sync_to_async(
         lambda: InboxEntry.objects.filter(device=b1).order_by("-cursor").first().cursor
     )()
-    for _ in range(50):
+    for _ in range(100):  # marks are written within MARK_GATHER_S (1 s)
         mark = delivery.pushed_marks([b1.id]).get(b1.id)
         if mark is not None:
             break
