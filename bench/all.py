@@ -20,6 +20,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.server import drop_databases
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -173,6 +175,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not touch the docs")
     args = parser.parse_args()
     wanted = set(args.only.split(",")) if args.only else None
+    drop_databases("natter_bench", "natter_bench_load")
     runs = {}
     for name, command, key, target in SCENARIOS:
         if wanted and name not in wanted:
