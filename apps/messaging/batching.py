@@ -91,7 +91,7 @@ def _batchers() -> dict:
             "read": _Batcher(selectors.inbox_after_many),
             # Sends wait for no one: the ones that arrive while a batch is being
             # written form the next batch, so a lone send is not delayed. Under a
-            # flood a second batch is written meanwhile (measured: 1,661 → 1,905
+            # flood a second batch is written meanwhile (measured: 1,661 → 1,926
             # delivered/s in bench.load throughput, 2 processes).
             "send": _Batcher(_send_batch, lanes=2),
         }

@@ -255,8 +255,7 @@ def _direct_sends_checked(requests, indexes, results) -> tuple[list, list, dict]
     for i in direct:
         request = requests[i]
         try:
-            expected = set().union(*(devices_of[u] for u in members[request.conversation_id]))
-            _direct_send_check(request, expected - {request.sender_device.id})
+            _direct_send_check(request, members[request.conversation_id], devices_of)
         except NatterError as error:
             results[i] = error
         else:
@@ -309,13 +308,15 @@ def _members_and_devices(conversation_ids: set[int]) -> tuple[dict, dict, dict]:
     return members, kinds, devices_of
 
 
-def _direct_send_check(request: SendRequest, expected: set[int]) -> None:
-    """Refuse a direct send whose ciphertexts are not for exactly `expected`.
+def _direct_send_check(request: SendRequest, members: set[int], devices_of: dict) -> None:
+    """Refuse a direct send whose ciphertexts are not for exactly the expected devices.
 
     The exact device set: every active device of the other member and the sender's
     other devices, so a client never silently misses one. A device that has not
-    published keys yet could not decrypt anything: it is not counted.
+    published keys yet could not decrypt anything: it is not counted (`devices_of`,
+    from _members_and_devices, holds the keyed active devices of each member).
     """
+    expected = set().union(*(devices_of[u] for u in members)) - {request.sender_device.id}
     if request.group_body is not None:
         raise BadRequest("group_body is for group conversations only.", field="group_body")
     given = [c.device_id for c in request.ciphertexts]
@@ -399,13 +400,13 @@ def _messages_write(requests, indexes, messages: list[Message], members) -> None
         inbox_write(rows)
         Receipt.objects.bulk_create([Receipt(message_id=m, user_id=u) for m, u in receipts])
         return
-    last_cursors = _allocate_cursors(Counter(r.device_id for r in rows))
-    insert_unnest_together(
-        _messages_unnest(messages),
-        _inbox_unnest(rows, _inbox_numbered(rows, last_cursors)),
-        UnnestInsert(Receipt, {"message_id": "bigint", "user_id": "bigint"}, receipts),
+    inbox_write(
+        rows,
+        along=(
+            _messages_unnest(messages),
+            UnnestInsert(Receipt, {"message_id": "bigint", "user_id": "bigint"}, receipts),
+        ),
     )
-    events.ring_doorbells_on_commit(device_ids=last_cursors.keys())
 
 
 def _pairwise_rows(message: Message, ciphertexts: list[Ciphertext]) -> list["InboxRow"]:
@@ -500,14 +501,11 @@ def _message_send_one(request: SendRequest) -> SendResult:
 
 def _message_store(request: SendRequest) -> Message:
     sender_device, conversation_id = request.sender_device, request.conversation_id
-    members = dict(
-        Membership.objects.current()
-        .filter(conversation_id=conversation_id)
-        .values_list("user_id", "conversation__kind")
-    )
+    members_of, kinds, devices_of = _members_and_devices({conversation_id})
+    members = members_of[conversation_id]
     if sender_device.user_id not in members:
         raise NotMember()
-    if members[sender_device.user_id] == Conversation.Kind.GROUP:
+    if kinds[conversation_id] == Conversation.Kind.GROUP:
         return _group_message_store(
             sender_device=sender_device,
             conversation_id=conversation_id,
@@ -517,13 +515,7 @@ def _message_store(request: SendRequest) -> Message:
             group_body=request.group_body,
             reply_to_seq=request.reply_to_seq,
         )
-    expected = set(
-        Device.objects.active()
-        .filter(user_id__in=members, identity_key__isnull=False)
-        .exclude(id=sender_device.id)
-        .values_list("id", flat=True)
-    )
-    _direct_send_check(request, expected)
+    _direct_send_check(request, members, devices_of)
     return _message_write(
         seq=conversation_next_seq(conversation_id),
         recipients=members,
@@ -707,20 +699,27 @@ def inbox_append(rows: list[InboxEntry], *, ignore_conflicts: bool = False) -> l
     return [rows[index] for index, _ in written]
 
 
-def inbox_write(rows: list[InboxRow], *, ignore_conflicts: bool = False) -> list[tuple[int, int]]:
+def inbox_write(
+    rows: list[InboxRow], *, ignore_conflicts: bool = False, along: tuple[UnnestInsert, ...] = ()
+) -> list[tuple[int, int]]:
     """Give each row the next cursor of its device, insert them, ring on commit.
 
     Rows for devices revoked meanwhile are dropped: their inbox is gone. With
     `ignore_conflicts`, a row whose (device, message) exists is skipped (its
     reserved cursor stays unused: cursors increase, they need not be gapless).
-    Returns (index in `rows`, cursor) of each row kept.
+    `along` are other inserts (Postgres only) sent in the same statement, before
+    the rows: a direct send's messages and receipts. Returns (index in `rows`,
+    cursor) of each row kept.
     """
+    if along and connection.vendor != "postgresql":
+        raise ValueError("`along` inserts need Postgres.")
     if not rows:
+        insert_unnest_together(*along)
         return []
     last = _allocate_cursors(Counter(r.device_id for r in rows))
     kept = _inbox_numbered(rows, last)
     if connection.vendor == "postgresql":
-        insert_unnest_together(_inbox_unnest(rows, kept, skip_conflicts=ignore_conflicts))
+        insert_unnest_together(*along, _inbox_unnest(rows, kept, skip_conflicts=ignore_conflicts))
     else:
         InboxEntry.objects.bulk_create(
             [InboxEntry(cursor=cursor, **rows[index]._asdict()) for index, cursor in kept],
