@@ -63,6 +63,7 @@ class InboxConsumer(NoConnectionSweepMixin, PresenceSocketMixin, AsyncWebsocketC
         self.group = device_group(self.device.id)
         self.opened_at = time.time_ns()
         self.pushed_cursor = 0
+        self.drain_target = 2**63  # known once the inbox is looked at, below
         self.in_flight: collections.deque[int] = collections.deque()
         self.errors: collections.deque[float] = collections.deque()
         self.drained_sent = False
@@ -176,7 +177,7 @@ class InboxConsumer(NoConnectionSweepMixin, PresenceSocketMixin, AsyncWebsocketC
     # --- channel layer events -------------------------------------------------------
 
     async def inbox_ring(self, message):
-        await self.pump()
+        await self.pump(carried=message)
 
     async def socket_takeover(self, message):
         newer = (message["opened_at"], message["channel"]) > (self.opened_at, self.channel_name)
@@ -189,23 +190,26 @@ class InboxConsumer(NoConnectionSweepMixin, PresenceSocketMixin, AsyncWebsocketC
 
     # --- pushing --------------------------------------------------------------------
 
-    def doorbell(self):
+    def doorbell(self, message):
         """A ring from this process (events.local_listen): pump outside the dispatch."""
-        task = asyncio.ensure_future(self._pump_quietly())
+        task = asyncio.ensure_future(self._pump_quietly(message))
         _RINGING.add(task)  # the loop keeps only a weak reference to a task
         task.add_done_callback(_RINGING.discard)
 
-    async def _pump_quietly(self):
+    async def _pump_quietly(self, message):
         try:
-            await self.pump()
+            await self.pump(carried=message)
         except OUTAGES:  # nothing is lost: the rows wait for the next ring or heartbeat
             logger.warning("could not push the inbox of device %s", self.device.id)
 
-    async def pump(self):
+    async def pump(self, carried: dict | None = None):
         """Push waiting events; one pump at a time, again if rung while it ran.
 
         Rings from this process arrive outside the consumer's dispatch (doorbell),
         so two pumps could otherwise read the same events and push them twice.
+        `carried` is a doorbell, maybe with the events it announces
+        (events.ring_doorbells_on_commit). A ring that comes while a pump runs
+        makes it read the inbox once more instead.
         """
         if self.pumping:
             self.rung = True
@@ -214,24 +218,36 @@ class InboxConsumer(NoConnectionSweepMixin, PresenceSocketMixin, AsyncWebsocketC
         try:
             while True:
                 self.rung = False
-                await self._pump_once()
+                await self._pump_once(carried)
+                carried = None
                 if not self.rung:
                     return
         finally:
             self.pumping = False
 
-    async def _pump_once(self):
+    async def _pump_once(self, ring: dict | None = None):
         """Push waiting events while the window has room; say `drained` once."""
+        announced = ring.get("last") if ring else None
+        if announced is not None and announced <= self.pushed_cursor:
+            return  # all it announced is pushed already (a later ring came first)
         room = self.window - len(self.in_flight)
         if room <= 0:
             self.more_waiting = True
             return
-        page = await batching.inbox_after(self.device.id, self.pushed_cursor, room)
+        page = self._carried_page(ring, room)
+        read_after_ring = page is None and announced is not None
+        if page is None:
+            page = await batching.inbox_after(self.device.id, self.pushed_cursor, room)
         metrics.observe_pushed(page, "ws")
         for item in page:
             await self.send(text_data=jsonutil.dumps({"type": "event", **item}))
             self.pushed_cursor = item["cursor"]
             self.in_flight.append(item["cursor"])
+        if read_after_ring and len(page) < room:
+            # Every row up to `last` was committed before the ring, and this read
+            # found no more: cursors left unused (skipped conflicts) are passed, so
+            # the next doorbell's events can be taken as they come.
+            self.pushed_cursor = max(self.pushed_cursor, announced)
         if page:  # for staff's delivery trace; written in the background
             delivery.amark_pushed(
                 device_id=self.device.id, cursor=self.pushed_cursor, transport="ws"
@@ -242,6 +258,18 @@ class InboxConsumer(NoConnectionSweepMixin, PresenceSocketMixin, AsyncWebsocketC
         if not self.drained_sent and (exhausted or self.pushed_cursor >= self.drain_target):
             self.drained_sent = True
             await self.send_frame({"type": "drained"})
+
+    def _carried_page(self, ring: dict | None, room: int) -> list[dict] | None:
+        """The events a doorbell carries, when they are exactly the next ones to push.
+
+        They are if this socket pushed everything up to the cursor they follow (its
+        device's rows commit in cursor order) and the window has room for them all;
+        otherwise None, and the inbox is read.
+        """
+        if not ring or "items" not in ring or ring["after"] != self.pushed_cursor:
+            return None
+        items = ring["items"]
+        return items if len(items) <= room else None
 
     async def send_frame(self, frame: dict):
         await self.send(text_data=jsonutil.dumps(frame))

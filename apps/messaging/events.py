@@ -1,7 +1,9 @@
 """Doorbells on the channel layer: the one place messaging touches it.
 
 The channel layer is at-most-once, so it only ever says "look at your inbox";
-every event it announces is already a committed row (PROTOCOL §0.1).
+every event it announces is already a committed row (PROTOCOL §0.1). A doorbell
+may carry copies of those rows' events, so a socket that is up to date pushes
+them without reading them back; the rows stay the truth until acknowledged.
 """
 
 import asyncio
@@ -56,21 +58,31 @@ def _ring_locally(group: str, message: dict) -> bool:
     in the moment a socket moves to another process, a ring kept here is repaired
     by the next heartbeat, as any lost ring.
     """
-    if message is not RING:
+    if message["type"] != "inbox.ring":
         return False
     listeners = _LOCAL.get(asyncio.get_running_loop(), {}).get(int(group.split(".", 1)[1]))
     if not listeners:
         return False
     for listener in list(listeners):
-        listener.doorbell()
+        listener.doorbell(message)
     return True
 
 
-def ring_doorbells_on_commit(*, device_ids) -> None:
-    """Ring the doorbells of these devices once the current transaction commits."""
+def ring_doorbells_on_commit(*, device_ids, carried: dict[int, dict] | None = None) -> None:
+    """Ring the doorbells of these devices once the current transaction commits.
+
+    `carried` gives some devices' doorbells their new events (`after`, `last`,
+    `items`; see services.inbox_write): committed rows still, read from memory by
+    a socket that is exactly up to `after`, and otherwise read from the inbox.
+    """
     ids = sorted(set(device_ids))
+    carried = carried or {}
     if ids:
-        transaction.on_commit(lambda: _group_send_all([(device_group(d), RING) for d in ids]))
+        rings = [
+            (device_group(d), {"type": "inbox.ring", **carried[d]} if d in carried else RING)
+            for d in ids
+        ]
+        transaction.on_commit(lambda: _group_send_all(rings))
 
 
 def device_revoked_on_commit(*, device_id: int) -> None:

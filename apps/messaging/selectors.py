@@ -77,7 +77,11 @@ def inbox_event(row: InboxEntry) -> dict:
     """Build the wire event of one inbox row (PROTOCOL §5)."""
     if row.type != InboxEntry.Type.MESSAGE:
         return row.payload
-    m = row.message
+    return message_event_of(row.message, row.envelope, row.body)
+
+
+def message_event_of(m: Message, envelope: str, body) -> dict:
+    """The `message` event of `m` for the device that has `envelope` and `body`."""
     return message_event(
         m.id,
         m.client_id,
@@ -88,8 +92,8 @@ def inbox_event(row: InboxEntry) -> dict:
         m.kind,
         m.created_at,
         m.reply_to_seq,
-        row.envelope,
-        row.body,
+        envelope,
+        body,
         m.group_body,
     )
 

@@ -26,7 +26,7 @@ from apps.common.db import (
 )
 from apps.common.errors import BadRequest, DeviceMismatch, NatterError, NotFound, NotMember
 from apps.common.ratelimit import rate_limit_hit
-from apps.messaging import delivery, events
+from apps.messaging import delivery, events, selectors
 from apps.messaging.models import Conversation, InboxEntry, Membership, Message, Receipt
 
 
@@ -164,7 +164,7 @@ def message_send_many(*, requests: list[SendRequest]) -> list[SendResult | Natte
             results[i] = error
             continue
         fresh.append(i)
-    originals = _messages_by_client_id([requests[i] for i in fresh])
+    originals, chats = _send_reads([requests[i] for i in fresh])
     unsent = []
     for i in fresh:
         original = originals.get(requests[i].key)
@@ -172,7 +172,7 @@ def message_send_many(*, requests: list[SendRequest]) -> list[SendResult | Natte
             results[i] = SendResult(original, duplicate=True)
         else:
             unsent.append(i)
-    direct, one_by_one, members = _direct_sends_checked(requests, unsent, results)
+    direct, one_by_one, members = _direct_sends_checked(requests, unsent, results, chats)
     if direct:
         try:
             for i, outcome in _direct_messages_store(requests, direct, members).items():
@@ -204,21 +204,84 @@ def _send_rate_limit_hit(device: Device) -> None:
     )
 
 
+# Named columns, not *: a prepared statement's result must not change shape when a
+# migration adds a column under a running server.
+_MESSAGE_COLUMNS = (
+    "id",
+    "conversation_id",
+    "seq",
+    "sender_user_id",
+    "sender_device_id",
+    "client_id",
+    "kind",
+    "reply_to_seq",
+    "group_body",
+    "fanout_pending",
+    "created_at",
+)
+_MESSAGES_BY_CLIENT_ID_SQL = (
+    f"SELECT {', '.join(_MESSAGE_COLUMNS)} FROM messaging_message "
+    "WHERE (sender_device_id, client_id) IN (SELECT * FROM unnest(%s::bigint[], %s::uuid[]))"
+)
+# Current members of some conversations (an array of ids), each with the kind of
+# the conversation and, for a direct one, each keyed active device of the member.
+_MEMBERS_AND_DEVICES_SQL = """
+    SELECT ms.conversation_id, ms.user_id, c.kind, d.id
+    FROM messaging_membership ms
+    JOIN messaging_conversation c ON c.id = ms.conversation_id
+    LEFT JOIN accounts_device d
+      ON c.kind = 'direct' AND d.user_id = ms.user_id
+     AND d.revoked_at IS NULL AND d.identity_key IS NOT NULL
+    WHERE ms.conversation_id = ANY(%s::bigint[]) AND ms.left_seq IS NULL
+"""
+
+
+def _client_id_keys(requests: list[SendRequest]) -> list[list]:
+    keys = sorted({r.key for r in requests})
+    return [[d for d, _ in keys], [c for _, c in keys]]
+
+
+def _send_reads(requests: list[SendRequest]) -> tuple[dict, tuple[dict, dict, dict]]:
+    """The earlier copies of these sends (`_messages_by_client_id`), and the members
+    and devices of their conversations (`_members_and_devices`).
+
+    On Postgres one statement for both: each read was a round trip that the whole
+    batch, every waiting send of the process, sat behind.
+    """
+    if not requests:
+        return {}, _members_and_devices_of_rows([])
+    if connection.vendor != "postgresql":
+        conversation_ids = {r.conversation_id for r in requests}
+        return _messages_by_client_id(requests), _members_and_devices(conversation_ids)
+    padding = ", ".join(["NULL"] * len(_MESSAGE_COLUMNS))
+    with connection.cursor() as cur:
+        cur.execute(
+            f"""
+            SELECT {", ".join(_MESSAGE_COLUMNS)},
+                   NULL::bigint, NULL::bigint, NULL::varchar, NULL::bigint
+            FROM ({_MESSAGES_BY_CLIENT_ID_SQL}) m
+            UNION ALL
+            SELECT {padding}, * FROM ({_MEMBERS_AND_DEVICES_SQL}) ms
+            """,
+            [*_client_id_keys(requests), sorted({r.conversation_id for r in requests})],
+        )
+        rows = cur.fetchall()
+    width = len(_MESSAGE_COLUMNS)
+    originals = {}
+    for row in rows:
+        if row[0] is not None:
+            message = Message.from_db(connection.alias, _MESSAGE_COLUMNS, row[:width])
+            originals[(message.sender_device_id, message.client_id)] = message
+    chats = _members_and_devices_of_rows(row[width:] for row in rows if row[0] is None)
+    return originals, chats
+
+
 def _messages_by_client_id(requests: list[SendRequest]) -> dict[tuple[int, uuid.UUID], Message]:
     if not requests:
         return {}
     wanted = {r.key for r in requests}
     if connection.vendor == "postgresql":
-        keys = sorted(wanted)
-        # Named columns, not *: a prepared statement's result must not change shape
-        # when a migration adds a column under a running server.
-        found = Message.objects.raw(
-            "SELECT id, conversation_id, seq, sender_user_id, sender_device_id, client_id, "
-            "kind, reply_to_seq, group_body, fanout_pending, created_at "
-            "FROM messaging_message WHERE (sender_device_id, client_id) IN "
-            "(SELECT * FROM unnest(%s::bigint[], %s::uuid[]))",
-            [[d for d, _ in keys], [c for _, c in keys]],
-        )
+        found = Message.objects.raw(_MESSAGES_BY_CLIENT_ID_SQL, _client_id_keys(requests))
     else:
         found = Message.objects.filter(
             sender_device_id__in={r.sender_device.id for r in requests},
@@ -231,17 +294,16 @@ def _messages_by_client_id(requests: list[SendRequest]) -> dict[tuple[int, uuid.
     }
 
 
-def _direct_sends_checked(requests, indexes, results) -> tuple[list, list, dict]:
+def _direct_sends_checked(requests, indexes, results, chats) -> tuple[list, list, dict]:
     """Check direct sends against members and device sets; set errors in `results`.
 
-    Returns the direct sends that passed, the sends for the one-at-a-time path
-    (groups and media) and the members of each conversation.
+    `chats` are the members, kinds and devices of their conversations (from
+    `_send_reads`). Returns the direct sends that passed, the sends for the
+    one-at-a-time path (groups and media) and the members of each conversation.
     """
     if not indexes:
         return [], [], {}
-    members, kinds, devices_of = _members_and_devices(
-        {requests[i].conversation_id for i in indexes}
-    )
+    members, kinds, devices_of = chats
     direct, one_by_one = [], []
     for i in indexes:
         request = requests[i]
@@ -266,29 +328,13 @@ def _direct_sends_checked(requests, indexes, results) -> tuple[list, list, dict]
 def _members_and_devices(conversation_ids: set[int]) -> tuple[dict, dict, dict]:
     """Current members and kind of each conversation, and the keyed active devices of
     the members of the direct ones (a group's devices are the fan-out's business)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cur:
+            cur.execute(_MEMBERS_AND_DEVICES_SQL, [sorted(conversation_ids)])
+            return _members_and_devices_of_rows(cur.fetchall())
     members: dict[int, set[int]] = defaultdict(set)
     kinds: dict[int, str] = {}
     devices_of: dict[int, set[int]] = defaultdict(set)
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cur:
-            cur.execute(
-                """
-                SELECT ms.conversation_id, ms.user_id, c.kind, d.id
-                FROM messaging_membership ms
-                JOIN messaging_conversation c ON c.id = ms.conversation_id
-                LEFT JOIN accounts_device d
-                  ON c.kind = 'direct' AND d.user_id = ms.user_id
-                 AND d.revoked_at IS NULL AND d.identity_key IS NOT NULL
-                WHERE ms.conversation_id = ANY(%s::bigint[]) AND ms.left_seq IS NULL
-                """,
-                [sorted(conversation_ids)],
-            )
-            for conversation_id, user_id, kind, device_id in cur.fetchall():
-                members[conversation_id].add(user_id)
-                kinds[conversation_id] = kind
-                if device_id is not None:
-                    devices_of[user_id].add(device_id)
-        return members, kinds, devices_of
     for conversation_id, user_id, kind in (
         Membership.objects.current()
         .filter(conversation_id__in=conversation_ids)
@@ -305,6 +351,19 @@ def _members_and_devices(conversation_ids: set[int]) -> tuple[dict, dict, dict]:
         .values_list("id", "user_id")
     ):
         devices_of[user_id].add(device_id)
+    return members, kinds, devices_of
+
+
+def _members_and_devices_of_rows(rows) -> tuple[dict, dict, dict]:
+    """Members, kinds and devices from (conversation, user, kind, device or None) rows."""
+    members: dict[int, set[int]] = defaultdict(set)
+    kinds: dict[int, str] = {}
+    devices_of: dict[int, set[int]] = defaultdict(set)
+    for conversation_id, user_id, kind, device_id in rows:
+        members[conversation_id].add(user_id)
+        kinds[conversation_id] = kind
+        if device_id is not None:
+            devices_of[user_id].add(device_id)
     return members, kinds, devices_of
 
 
@@ -342,7 +401,12 @@ def _direct_messages_store(requests, indexes, members) -> dict[int, SendResult |
         bad = []
         with transaction.atomic():
             counts = Counter(requests[i].conversation_id for i in indexes)
-            last = _conversation_seqs_reserve(counts)
+            # The seqs and the recipients' inbox cursors in one statement.
+            device_counts = Counter(c.device_id for i in indexes for c in requests[i].ciphertexts)
+            last, cursors = _counters_reserve(
+                _conversation_seqs(counts), _device_cursors(device_counts)
+            )
+            last = _seqs_checked(last, counts)
             next_seq = {c: last[c] - counts[c] + 1 for c in counts}
             messages = []
             for i in indexes:
@@ -353,7 +417,7 @@ def _direct_messages_store(requests, indexes, members) -> dict[int, SendResult |
                     bad.append(i)
                 messages.append(_message_new(request, seq))
             if not bad:
-                _messages_write(requests, indexes, messages, members)
+                _messages_write(requests, indexes, messages, members, cursors)
                 return {
                     **refused,
                     **{
@@ -382,12 +446,13 @@ def _message_new(request: SendRequest, seq: int) -> Message:
     )
 
 
-def _messages_write(requests, indexes, messages: list[Message], members) -> None:
-    """Insert direct messages, their inbox rows and receipts.
+def _messages_write(requests, indexes, messages: list[Message], members, cursors) -> None:
+    """Insert direct messages, their inbox rows (at the `cursors` reserved for them)
+    and receipts.
 
-    On Postgres the three inserts are one statement after the cursors are reserved:
-    two round trips, where one per insert cost a round trip each on the batch that
-    every waiting send of the process sits behind.
+    On Postgres the three inserts are one statement: one round trip, where one per
+    insert cost a round trip each on the batch that every waiting send of the
+    process sits behind.
     """
     rows, receipts = [], []
     for i, message in zip(indexes, messages, strict=True):
@@ -397,7 +462,7 @@ def _messages_write(requests, indexes, messages: list[Message], members) -> None
         ]
     if connection.vendor != "postgresql":
         Message.objects.bulk_create(messages)
-        inbox_write(rows)
+        inbox_write(rows, messages={m.id: m for m in messages}, reserved=cursors)
         Receipt.objects.bulk_create([Receipt(message_id=m, user_id=u) for m, u in receipts])
         return
     inbox_write(
@@ -406,6 +471,8 @@ def _messages_write(requests, indexes, messages: list[Message], members) -> None
             _messages_unnest(messages),
             UnnestInsert(Receipt, {"message_id": "bigint", "user_id": "bigint"}, receipts),
         ),
+        messages={m.id: m for m in messages},
+        reserved=cursors,
     )
 
 
@@ -454,19 +521,25 @@ def _messages_unnest(messages: list[Message]) -> UnnestInsert:
     )
 
 
-def _conversation_seqs_reserve(counts: dict[int, int]) -> dict[int, int]:
-    """Reserve `n` seqs per conversation; return the last reserved of each.
-
-    The conversation rows stay locked until commit, so concurrent senders queue
-    and a rollback returns the seqs.
-    """
-    last = _counters_reserve(
+def _conversation_seqs(counts: dict[int, int]) -> "_Counters":
+    """Seqs of conversations: the rows stay locked until commit, so concurrent senders
+    queue and a rollback returns the seqs. Sending bumps the chat's last activity."""
+    return _Counters(
         "messaging_conversation",
         "last_seq",
         counts,
         also_set="last_activity_at = %s",
         also_params=(timezone.now(),),
     )
+
+
+def _conversation_seqs_reserve(counts: dict[int, int]) -> dict[int, int]:
+    """Reserve `n` seqs per conversation; return the last reserved of each."""
+    (last,) = _counters_reserve(_conversation_seqs(counts))
+    return _seqs_checked(last, counts)
+
+
+def _seqs_checked(last: dict[int, int], counts: dict[int, int]) -> dict[int, int]:
     if set(last) != set(counts):
         raise NotMember()  # deleted meanwhile
     return last
@@ -542,7 +615,7 @@ def _message_write(
         reply_to_seq=reply_to_seq,
         **fields,
     )
-    inbox_write(_pairwise_rows(message, ciphertexts))
+    inbox_write(_pairwise_rows(message, ciphertexts), messages={message.id: message})
     Receipt.objects.bulk_create(
         [Receipt(message=message, user_id=u) for u in recipients if u != sender_device.user_id]
     )
@@ -700,7 +773,12 @@ def inbox_append(rows: list[InboxEntry], *, ignore_conflicts: bool = False) -> l
 
 
 def inbox_write(
-    rows: list[InboxRow], *, ignore_conflicts: bool = False, along: tuple[UnnestInsert, ...] = ()
+    rows: list[InboxRow],
+    *,
+    ignore_conflicts: bool = False,
+    along: tuple[UnnestInsert, ...] = (),
+    messages: dict[int, Message] | None = None,
+    reserved: dict[int, int] | None = None,
 ) -> list[tuple[int, int]]:
     """Give each row the next cursor of its device, insert them, ring on commit.
 
@@ -708,15 +786,21 @@ def inbox_write(
     `ignore_conflicts`, a row whose (device, message) exists is skipped (its
     reserved cursor stays unused: cursors increase, they need not be gapless).
     `along` are other inserts (Postgres only) sent in the same statement, before
-    the rows: a direct send's messages and receipts. Returns (index in `rows`,
-    cursor) of each row kept.
+    the rows: a direct send's messages and receipts. `messages` are the messages
+    of the rows, written in this transaction: with them, each device's doorbell
+    carries its new events (see `_carried`). `reserved` are the cursors already
+    reserved for these rows (`_device_cursors`, by the caller, in this
+    transaction). Returns (index in `rows`, cursor) of each row kept.
     """
     if along and connection.vendor != "postgresql":
         raise ValueError("`along` inserts need Postgres.")
     if not rows:
         insert_unnest_together(*along)
         return []
-    last = _allocate_cursors(Counter(r.device_id for r in rows))
+    counts = Counter(r.device_id for r in rows)
+    if reserved is None:
+        (reserved,) = _counters_reserve(_device_cursors(counts))
+    last = reserved
     kept = _inbox_numbered(rows, last)
     if connection.vendor == "postgresql":
         insert_unnest_together(*along, _inbox_unnest(rows, kept, skip_conflicts=ignore_conflicts))
@@ -725,8 +809,54 @@ def inbox_write(
             [InboxEntry(cursor=cursor, **rows[index]._asdict()) for index, cursor in kept],
             ignore_conflicts=ignore_conflicts,
         )
-    events.ring_doorbells_on_commit(device_ids=last.keys())
+    # A skipped conflict leaves a reserved cursor without its row: nothing is carried
+    # then, and the device reads its inbox as for any plain ring.
+    carried = {} if ignore_conflicts else _carried(rows, kept, last, counts, messages or {})
+    events.ring_doorbells_on_commit(device_ids=last.keys(), carried=carried)
     return kept
+
+
+# The most a doorbell carries for one device, in ciphertext bytes: above it (a large
+# group body) the device reads its inbox, and the channel layer's messages stay small.
+CARRY_MAX_BYTES = 16 * 1024
+
+
+def _carried(rows, kept, last, counts, messages: dict[int, Message]) -> dict[int, dict]:
+    """What each device's doorbell carries: its new events, exactly as an inbox read
+    would return them, and the cursors they follow (`after`) and end at (`last`).
+
+    A socket that has pushed everything up to `after` pushes them without reading
+    its inbox: one query and one database hop less per delivery. A device with a
+    row whose event is not known here (its message not given), or more than
+    CARRY_MAX_BYTES of ciphertext, gets a plain doorbell.
+    """
+    items: dict[int, list] = defaultdict(list)
+    size: Counter = Counter()
+    unknown = set()
+    for index, cursor in kept:
+        row = rows[index]
+        if row.device_id in unknown:
+            continue
+        if row.type != InboxEntry.Type.MESSAGE:
+            event = jsonutil.loads(jsonutil.dumps(row.payload))  # as stored: plain JSON
+        elif (message := messages.get(row.message_id)) is not None:
+            event = selectors.message_event_of(message, row.envelope, row.body)
+            size[row.device_id] += len(row.body if row.body is not None else b"") + len(
+                message.group_body or b""
+            )
+        else:
+            unknown.add(row.device_id)
+            continue
+        items[row.device_id].append({"cursor": cursor, "event": event})
+    return {
+        device_id: {
+            "after": last[device_id] - counts[device_id],
+            "last": last[device_id],
+            "items": found,
+        }
+        for device_id, found in items.items()
+        if device_id not in unknown and size[device_id] <= CARRY_MAX_BYTES
+    }
 
 
 def _inbox_numbered(rows: list[InboxRow], last: dict[int, int]) -> list[tuple[int, int]]:
@@ -776,63 +906,83 @@ _INBOX_COLUMNS = {
 }
 
 
-def _allocate_cursors(counts: dict[int, int]) -> dict[int, int]:
-    """Reserve `n` cursors per active device; return the last reserved per device.
+def _device_cursors(counts: dict[int, int]) -> "_Counters":
+    """Inbox cursors of active devices: the rows stay locked until commit, so one
+    device's rows commit in cursor order. Revoked devices get none."""
+    return _Counters("accounts_device", "inbox_cursor", counts, only_if="revoked_at IS NULL")
 
-    The device rows stay locked until commit, so one device's rows commit in
-    cursor order.
+
+@dataclass(frozen=True)
+class _Counters:
+    """Add `counts[id]` to `column` of some rows of `table` (and apply `also_set`).
+
+    Rows not matching `only_if` are left alone and missing from the result.
     """
-    return _counters_reserve(
-        "accounts_device", "inbox_cursor", counts, only_if="revoked_at IS NULL"
-    )
+
+    table: str
+    column: str
+    counts: dict[int, int]
+    only_if: str = ""
+    also_set: str = ""
+    also_params: tuple = ()
 
 
-def _counters_reserve(
-    table: str,
-    column: str,
-    counts: dict[int, int],
-    *,
-    only_if: str = "",
-    also_set: str = "",
-    also_params: tuple = (),
-) -> dict[int, int]:
-    """Add `counts[id]` to `column` of each row (and apply `also_set`); return the new values.
+def _counters_reserve(*reservations: _Counters) -> list[dict[int, int]]:
+    """Make each reservation, in order; return the new values of each one's rows.
 
-    Rows not matching `only_if` are left alone and missing from the result. Locks
-    are taken in id order so two writers never deadlock, and are FOR NO KEY UPDATE:
-    the foreign keys of rows inserted elsewhere are checked at commit (they are
-    deferred) with KEY SHARE locks on these rows, which a FOR UPDATE would block out
-    of order (deadlocks seen between a batch of sends and a batch of acks under load).
+    On Postgres one statement for all of them. Locks are taken in id order so two
+    writers never deadlock, and are FOR NO KEY UPDATE: the foreign keys of rows
+    inserted elsewhere are checked at commit (they are deferred) with KEY SHARE
+    locks on these rows, which a FOR UPDATE would block out of order (deadlocks seen
+    between a batch of sends and a batch of acks under load).
     """
-    row_ids = sorted(counts)
-    condition = f"AND {only_if}" if only_if else ""
-    extra = f", {also_set}" if also_set else ""
-    with connection.cursor() as cur:
-        if connection.vendor == "postgresql":
-            cur.execute(
-                f"""
-                WITH wanted(id, n) AS (SELECT * FROM unnest(%s::bigint[], %s::bigint[])),
-                     locked AS (
-                         SELECT t.id FROM {table} t
-                         WHERE t.id = ANY(%s::bigint[]) {condition}
-                         ORDER BY t.id FOR NO KEY UPDATE
-                     )
-                UPDATE {table} t SET {column} = t.{column} + w.n{extra}
-                FROM wanted w JOIN locked l ON l.id = w.id
+    if connection.vendor != "postgresql":
+        return [_counters_reserve_sqlite(r) for r in reservations]
+    parts, selects, params = [], [], []
+    for n, r in enumerate(reservations):
+        row_ids = sorted(r.counts)
+        condition = f"AND {r.only_if}" if r.only_if else ""
+        extra = f", {r.also_set}" if r.also_set else ""
+        parts.append(
+            f"""
+            wanted{n}(id, n) AS (SELECT * FROM unnest(%s::bigint[], %s::bigint[])),
+            locked{n} AS (
+                SELECT t.id FROM {r.table} t
+                WHERE t.id = ANY(%s::bigint[]) {condition}
+                ORDER BY t.id FOR NO KEY UPDATE
+            ),
+            updated{n} AS (
+                UPDATE {r.table} t SET {r.column} = t.{r.column} + w.n{extra}
+                FROM wanted{n} w JOIN locked{n} l ON l.id = w.id
                 WHERE t.id = w.id
-                RETURNING t.id, t.{column}
-                """,
-                [row_ids, [counts[i] for i in row_ids], row_ids, *also_params],
-            )
-        else:
-            # SQLite takes one database-wide write lock: there is nothing to order.
-            cases = " ".join("WHEN %s THEN %s" for _ in row_ids)
-            marks = ",".join("%s" for _ in row_ids)
-            cur.execute(
-                f"UPDATE {table} SET {column} = {column} + CASE id {cases} END{extra} "
-                f"WHERE id IN ({marks}) {condition} RETURNING id, {column}",
-                [*(v for i in row_ids for v in (i, counts[i])), *also_params, *row_ids],
-            )
+                RETURNING t.id, t.{r.column}
+            )"""
+        )
+        # UNION ALL runs its branches in order: the first reservation's rows are
+        # locked before the second's, as with one statement each.
+        selects.append(f"SELECT {n}, * FROM updated{n}")
+        params += [row_ids, [r.counts[i] for i in row_ids], row_ids, *r.also_params]
+    results: list[dict[int, int]] = [{} for _ in reservations]
+    with connection.cursor() as cur:
+        cur.execute(f"WITH {','.join(parts)} {' UNION ALL '.join(selects)}", params)
+        for n, row_id, value in cur.fetchall():
+            results[n][row_id] = value
+    return results
+
+
+def _counters_reserve_sqlite(r: _Counters) -> dict[int, int]:
+    # SQLite takes one database-wide write lock: there is nothing to order.
+    row_ids = sorted(r.counts)
+    condition = f"AND {r.only_if}" if r.only_if else ""
+    extra = f", {r.also_set}" if r.also_set else ""
+    cases = " ".join("WHEN %s THEN %s" for _ in row_ids)
+    marks = ",".join("%s" for _ in row_ids)
+    with connection.cursor() as cur:
+        cur.execute(
+            f"UPDATE {r.table} SET {r.column} = {r.column} + CASE id {cases} END{extra} "
+            f"WHERE id IN ({marks}) {condition} RETURNING id, {r.column}",
+            [*(v for i in row_ids for v in (i, r.counts[i])), *r.also_params, *row_ids],
+        )
         return dict(cur.fetchall())
 
 
