@@ -26,6 +26,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import uvloop
+
 from bench.population import analyze, make_devices, make_pairs, setup_django
 from bench.server import bench_env, daphne, proc_stats
 from natter_client.transport import WebSocketConnection
@@ -328,7 +330,7 @@ def main() -> None:
             env["DATABASE_URL"] = args.database_url
         setup_django(env)
         pids = [int(p) for p in args.pids.split(",")] if args.pids else []
-        print_result(asyncio.run(scenario(args, args.url, pids, population(args))))
+        print_result(run(scenario(args, args.url, pids, population(args))))
         return
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         servers = [
@@ -337,8 +339,14 @@ def main() -> None:
         ]
         setup_django(env)
         urls, pids = [u for u, _ in servers], [p for _, p in servers]
-        result = asyncio.run(scenario(args, urls, pids, population(args)))
+        result = run(scenario(args, urls, pids, population(args)))
     print_result(result)
+
+
+def run(coroutine):
+    """Run the generator on uvloop, as the server runs (config/server.py): its own
+    CPU, on the same two cores as the server, is what it takes from the server."""
+    return asyncio.run(coroutine, loop_factory=uvloop.new_event_loop)
 
 
 if __name__ == "__main__":

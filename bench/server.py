@@ -11,6 +11,8 @@ from urllib.parse import urlparse
 
 import httpx
 
+from config.server import COMMAND as DAPHNE
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -74,7 +76,7 @@ def daphne(env: dict, log_path: Path):
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [
-                str(BIN / "daphne"),
+                *DAPHNE,
                 "-e",
                 f"tcp:port={port}:interface=127.0.0.1:backlog=4096",
                 "--websocket_timeout",

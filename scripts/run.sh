@@ -47,7 +47,7 @@ if [ -n "${REDIS_URL:-}" ]; then
 fi
 
 # Twisted endpoint syntax: colons in an IPv6 address are escaped.
-start daphne "$BIN/daphne" \
+start daphne "$BIN/python" -m config.server \
     -e "tcp:port=$PORT:interface=${HOST//:/\\:}:backlog=2048" \
     --websocket_timeout -1 \
     config.asgi:application

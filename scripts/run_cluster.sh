@@ -69,7 +69,7 @@ start "celery worker 1" "$BIN/celery" -A config worker -l info --concurrency 1 -
 start "celery worker 2" "$BIN/celery" -A config worker -l info --concurrency 1 -n "w2-$$@%h"
 start "celery beat" "$BIN/celery" -A config beat -l info --schedule "$CLUSTER/celerybeat-schedule"
 for ((i = 1; i <= PROCESSES; i++)); do
-    start "daphne $i" "$BIN/daphne" -e "tcp:port=$((PORT + i)):interface=127.0.0.1:backlog=4096" \
+    start "daphne $i" "$BIN/python" -m config.server -e "tcp:port=$((PORT + i)):interface=127.0.0.1:backlog=4096" \
         --websocket_timeout -1 config.asgi:application
 done
 # nginx starts once every daphne accepts connections.

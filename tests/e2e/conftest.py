@@ -12,6 +12,8 @@ import httpx
 import pytest
 from django.db import connections
 
+from config.server import COMMAND as DAPHNE
+
 ROOT = Path(__file__).resolve().parents[2]
 METRICS_TOKEN = "e2e-metrics-token"
 BIN = Path(sys.executable).parent
@@ -65,7 +67,7 @@ def natter_server(django_db_setup, django_db_blocker, tmp_path_factory):
     (logs / "upload-tmp").mkdir()
     commands = {
         "daphne": [
-            str(BIN / "daphne"),
+            *DAPHNE,
             "-e",
             f"tcp:port={port}:interface=127.0.0.1:backlog=2048",
             "--websocket_timeout",

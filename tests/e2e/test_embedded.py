@@ -9,8 +9,9 @@ import uuid
 import httpx
 import pytest
 
+from config.server import COMMAND as DAPHNE
 from natter_client import NatterClient
-from tests.e2e.conftest import BIN, ROOT, _free_port
+from tests.e2e.conftest import ROOT, _free_port
 
 pytestmark = pytest.mark.asyncio
 
@@ -23,7 +24,7 @@ def embedded_server(tmp_path):
     port = _free_port()
     log = (tmp_path / "daphne.log").open("w")
     proc = subprocess.Popen(
-        [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+        [*DAPHNE, "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
         cwd=ROOT,
         env=env,
         stdout=log,

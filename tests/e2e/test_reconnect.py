@@ -7,8 +7,9 @@ import time
 import httpx
 import pytest
 
+from config.server import COMMAND as DAPHNE
 from natter_client import NatterClient
-from tests.e2e.conftest import BIN, ROOT, _free_port
+from tests.e2e.conftest import ROOT, _free_port
 from tests.e2e.test_direct_messaging import chat, for_devices, next_message
 
 pytestmark = pytest.mark.asyncio
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.asyncio
 
 def start_daphne(env: dict, port: int, log) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+        [*DAPHNE, "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
         cwd=ROOT,
         env=env,
         stdout=log,

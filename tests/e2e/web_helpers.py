@@ -26,6 +26,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from config.server import COMMAND as DAPHNE
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CHROMIUM = "/usr/bin/chromium"
@@ -86,7 +88,7 @@ def web_server_fixture(natter_server):
     logs = natter_server.logs
     process = subprocess.Popen(
         [
-            str(BIN / "daphne"),
+            *DAPHNE,
             "-e",
             f"tcp:port={port}:interface=127.0.0.1:backlog=512",
             "--websocket_timeout",

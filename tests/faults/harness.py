@@ -36,6 +36,8 @@ import httpx
 import psycopg
 import redis
 
+from config.server import COMMAND as DAPHNE
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -316,7 +318,7 @@ class Natter:
     def commands(self) -> dict[str, list[str]]:
         def daphne(port: int) -> list[str]:
             return [
-                str(BIN / "daphne"),
+                *DAPHNE,
                 "-e",
                 f"tcp:port={port}:interface=127.0.0.1:backlog=2048",
                 "--websocket_timeout",

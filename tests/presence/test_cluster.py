@@ -19,8 +19,9 @@ from channels.db import database_sync_to_async
 from apps.accounts.models import User
 from apps.messaging.models import InboxEntry
 from apps.presence.store import get_store
+from config.server import COMMAND as DAPHNE
 from natter_client import NatterClient
-from tests.e2e.conftest import BIN, ROOT, _database_url, _free_port
+from tests.e2e.conftest import ROOT, _database_url, _free_port
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db]
 
@@ -35,7 +36,7 @@ class Daphne:
         self.log_path = log_path
         self.proc = subprocess.Popen(
             [
-                str(BIN / "daphne"),
+                *DAPHNE,
                 "-e",
                 f"tcp:port={self.port}:interface=127.0.0.1",
                 "config.asgi:application",
