@@ -67,6 +67,45 @@ CALLER_LOOP: ContextVar[asyncio.AbstractEventLoop | None] = ContextVar(
 )
 
 
+def pg_array(values, kind: str = "bigint") -> str:
+    """A Postgres array literal of `values`, for a `%s::<kind>[]` parameter.
+
+    psycopg dumps a list parameter element by element in Python (15-50 us for
+    eight values: the largest single cost of a batch's statements on a loaded
+    socket process); joining the literal here is 2-5 us. Strings are always
+    quoted and escaped, so no text can end or split an element; None is NULL.
+    """
+    element = _ELEMENTS.get(kind, _quoted)
+    return "{" + ",".join("NULL" if v is None else element(v) for v in values) + "}"
+
+
+def _quoted(value) -> str:
+    text = str(value)
+    if "\\" in text or '"' in text:
+        text = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + text + '"'
+
+
+def _bytea(value) -> str:
+    # Hex input ("\\x..."), its backslash escaped for the array's quoting.
+    return '"\\\\x' + bytes(value).hex() + '"'
+
+
+def _timestamp(value) -> str:
+    return '"' + value.isoformat() + '"'
+
+
+_ELEMENTS = {
+    "bigint": str,
+    "int": str,
+    "integer": str,
+    "boolean": lambda value: "t" if value else "f",
+    "bytea": _bytea,
+    "timestamptz": _timestamp,
+    "uuid": str,
+}
+
+
 @dataclass(frozen=True)
 class UnnestInsert:
     """Insert many rows with one array parameter per column (Postgres).
@@ -88,7 +127,12 @@ class UnnestInsert:
         sql = f"INSERT INTO {self.model._meta.db_table} ({names}) SELECT * FROM unnest({arrays})"
         if self.skip_conflicts:
             sql += " ON CONFLICT DO NOTHING"
-        return sql, [list(column) for column in zip(*self.rows, strict=True)]
+        return sql, [
+            pg_array(column, kind)
+            for column, kind in zip(
+                zip(*self.rows, strict=True), self.columns.values(), strict=True
+            )
+        ]
 
 
 def insert_unnest_together(*inserts: UnnestInsert) -> None:

@@ -8,6 +8,7 @@ from django.db.models import Max
 from apps.accounts.models import Device, User
 from apps.accounts.selectors import user_public
 from apps.common import ids, jsonutil
+from apps.common.db import pg_array
 from apps.messaging.models import Conversation, InboxEntry, Membership, Message, Receipt
 
 
@@ -50,7 +51,11 @@ def inbox_after_many(requests: list[tuple[int, int, int]]) -> list[list[dict]]:
             LEFT JOIN messaging_message m ON m.id = i.message_id
             ORDER BY a.n, i.cursor
             """,
-            [[r[0] for r in requests], [r[1] for r in requests], [r[2] for r in requests]],
+            [
+                pg_array(r[0] for r in requests),
+                pg_array(r[1] for r in requests),
+                pg_array((r[2] for r in requests), "int"),
+            ],
         )
         rows = cur.fetchall()
     group_bodies = {row[6]: row[15] for row in rows if row[15] is not None}

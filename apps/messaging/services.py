@@ -22,6 +22,7 @@ from apps.common import ids, jsonutil
 from apps.common.db import (
     UnnestInsert,
     insert_unnest_together,
+    pg_array,
     retry_on_deadlock,
 )
 from apps.common.errors import BadRequest, DeviceMismatch, NatterError, NotFound, NotMember
@@ -238,7 +239,7 @@ _MEMBERS_AND_DEVICES_SQL = """
 
 def _client_id_keys(requests: list[SendRequest]) -> list[list]:
     keys = sorted({r.key for r in requests})
-    return [[d for d, _ in keys], [c for _, c in keys]]
+    return [pg_array(d for d, _ in keys), pg_array((c for _, c in keys), "uuid")]
 
 
 def _send_reads(requests: list[SendRequest]) -> tuple[dict, tuple[dict, dict, dict]]:
@@ -263,7 +264,7 @@ def _send_reads(requests: list[SendRequest]) -> tuple[dict, tuple[dict, dict, di
             UNION ALL
             SELECT {padding}, * FROM ({_MEMBERS_AND_DEVICES_SQL}) ms
             """,
-            [*_client_id_keys(requests), sorted({r.conversation_id for r in requests})],
+            [*_client_id_keys(requests), pg_array(sorted({r.conversation_id for r in requests}))],
         )
         rows = cur.fetchall()
     width = len(_MESSAGE_COLUMNS)
@@ -330,7 +331,7 @@ def _members_and_devices(conversation_ids: set[int]) -> tuple[dict, dict, dict]:
     the members of the direct ones (a group's devices are the fan-out's business)."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cur:
-            cur.execute(_MEMBERS_AND_DEVICES_SQL, [sorted(conversation_ids)])
+            cur.execute(_MEMBERS_AND_DEVICES_SQL, [pg_array(sorted(conversation_ids))])
             return _members_and_devices_of_rows(cur.fetchall())
     members: dict[int, set[int]] = defaultdict(set)
     kinds: dict[int, str] = {}
@@ -961,7 +962,8 @@ def _counters_reserve(*reservations: _Counters) -> list[dict[int, int]]:
         # UNION ALL runs its branches in order: the first reservation's rows are
         # locked before the second's, as with one statement each.
         selects.append(f"SELECT {n}, * FROM updated{n}")
-        params += [row_ids, [r.counts[i] for i in row_ids], row_ids, *r.also_params]
+        ids = pg_array(row_ids)
+        params += [ids, pg_array(r.counts[i] for i in row_ids), ids, *r.also_params]
     results: list[dict[int, int]] = [{} for _ in reservations]
     with connection.cursor() as cur:
         cur.execute(f"WITH {','.join(parts)} {' UNION ALL '.join(selects)}", params)
@@ -1035,7 +1037,7 @@ def _inbox_delete(upto: dict[int, int]) -> list[tuple[int, int | None, bool | No
                 "RETURNING i.device_id, i.message_id, "
                 "(SELECT m.group_body IS NOT NULL FROM messaging_message m "
                 " WHERE m.id = i.message_id)",
-                [device_ids, [upto[d] for d in device_ids], device_ids],
+                [pg_array(device_ids), pg_array(upto[d] for d in device_ids), pg_array(device_ids)],
             )
             return cur.fetchall()
         deleted = []
@@ -1100,9 +1102,9 @@ def _receipts_deliver(acked: dict[int, set[int]], *, at: datetime) -> list[tuple
                 RETURNING r.user_id, m.conversation_id
                 """,
                 [
-                    sorted({m for _, m in pairs}),
-                    [u for u, _ in pairs],
-                    [m for _, m in pairs],
+                    pg_array(sorted({m for _, m in pairs})),
+                    pg_array(u for u, _ in pairs),
+                    pg_array(m for _, m in pairs),
                     at,
                 ],
             )
@@ -1156,7 +1158,7 @@ def _advance_delivered(touched: dict[int, set[int]], *, at: datetime) -> None:
             cur.execute(
                 "UPDATE messaging_membership m SET delivered_seq = a.seq "
                 "FROM unnest(%s::bigint[], %s::bigint[]) AS a(id, seq) WHERE m.id = a.id",
-                [[m for m, _ in moved], [seq for _, seq in moved]],
+                [pg_array(m for m, _ in moved), pg_array(seq for _, seq in moved)],
             )
     else:
         Membership.objects.bulk_update(
@@ -1187,7 +1189,7 @@ def _delivered_watermark_inputs(touched: dict[int, set[int]]) -> list[tuple]:
                     SELECT * FROM unnest(%s::bigint[], %s::bigint[]))
                 ORDER BY ms.id FOR NO KEY UPDATE OF ms
                 """,
-                [[u for u, _ in keys], [c for _, c in keys]],
+                [pg_array(u for u, _ in keys), pg_array(c for _, c in keys)],
             )
             return cur.fetchall()
     # last_seq is read (with the memberships) before the pending receipts: a message
@@ -1273,10 +1275,10 @@ def _receipt_devices(status: str, ranges) -> set[tuple[int, int, int]]:
                 JOIN accounts_device d ON d.user_id = m.sender_user_id AND d.revoked_at IS NULL
                 """,
                 [
-                    [reader for reader, _ in keys],
-                    [cid for _, cid in keys],
-                    [ranges[k][0] for k in keys],
-                    [ranges[k][1] for k in keys],
+                    pg_array(reader for reader, _ in keys),
+                    pg_array(cid for _, cid in keys),
+                    pg_array(ranges[k][0] for k in keys),
+                    pg_array(ranges[k][1] for k in keys),
                 ],
             )
             return set(cur.fetchall())
