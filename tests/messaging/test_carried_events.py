@@ -6,6 +6,7 @@ carried events begin (a gap, a full window, rings crossing), it reads instead.
 """
 
 import asyncio
+from unittest import mock
 
 import pytest
 from channels.db import database_sync_to_async
@@ -130,5 +131,28 @@ async def test_a_large_body_is_rung_plainly_and_read_from_the_inbox(people):
     assert await stored(b1) == [pushed]
     message = await database_sync_to_async(Message.objects.get)()
     assert pushed["event"]["message_id"] == message.public_id
+    await wa.disconnect()
+    await wb.disconnect()
+
+
+async def test_rings_that_cross_push_each_event_once_in_order(people):
+    a1, b1, conversation, wa, wb = await chat_online(people)
+    rings = []
+    # Hold both doorbells back, then ring them in the wrong order, as two processes'
+    # rings can cross on the way.
+    with mock.patch.object(events, "_group_send_all", side_effect=rings.extend):
+        await database_sync_to_async(send)(a1, conversation, [b1], body=b"first")
+        await database_sync_to_async(send)(a1, conversation, [b1], body=b"second")
+    (_, first), (_, second) = rings
+    assert second["after"] == first["last"]
+    (listener,) = events._LOCAL[asyncio.get_running_loop()][b1.id]
+    before = reads()
+    listener.doorbell(second)  # not where its events begin: the inbox is read
+    pushed = [await wb.receive_json_from(timeout=5) for _ in range(2)]
+    assert [f["event"]["seq"] for f in pushed] == [1, 2]
+    assert reads() == before + 1
+    listener.doorbell(first)  # all it announced is pushed: nothing, and no read
+    assert await wb.receive_nothing(timeout=0.3)
+    assert reads() == before + 1
     await wa.disconnect()
     await wb.disconnect()
