@@ -1,5 +1,8 @@
 """Start daphne on uvloop: `python -m config.server <daphne's options>`.
 
+The application is imported, and what start-up made frozen out of the garbage
+collector's passes (`prepare`), before daphne runs.
+
 daphne runs Twisted's asyncio reactor on a loop it makes as `daphne.server` is
 imported. With uvloop's policy set first, that loop is uvloop's (libuv, in C)
 and everything above it is the same daphne. On `bench.load`, two processes on
@@ -9,6 +12,7 @@ loop.
 """
 
 import asyncio
+import gc
 import os
 import sys
 
@@ -24,9 +28,25 @@ def install_loop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def main() -> None:
+def prepare() -> None:
+    """The loop, then the application, then a freeze of everything made so far.
+
+    Django, the URLconf and the app's modules live as long as the process, but the
+    collector's full passes walked them all: 116 and 124 ms pauses in a run at
+    500 msgs/s, with every socket of the process stopped meanwhile. Frozen, they
+    are left out (max latency 86 and 104 ms against 224 and 189 ms without).
+    """
     install_loop()
-    from daphne.cli import CommandLineInterface  # imports daphne.server: makes the loop
+    import daphne.server  # noqa: F401  (makes daphne's loop, with the policy set)
+
+    import config.asgi  # noqa: F401  (daphne imports it again: the same module)
+
+    gc.freeze()
+
+
+def main() -> None:
+    prepare()
+    from daphne.cli import CommandLineInterface
 
     CommandLineInterface.entrypoint()
 
