@@ -237,7 +237,7 @@ _MEMBERS_AND_DEVICES_SQL = """
 """
 
 
-def _client_id_keys(requests: list[SendRequest]) -> list[list]:
+def _client_id_keys(requests: list[SendRequest]) -> list[str]:
     keys = sorted({r.key for r in requests})
     return [pg_array(d for d, _ in keys), pg_array((c for _, c in keys), "uuid")]
 
@@ -802,9 +802,13 @@ def inbox_write(
     if reserved is None:
         (reserved,) = _counters_reserve(_device_cursors(counts))
     last = reserved
-    kept = _inbox_numbered(rows, last)
+    kept = _inbox_numbered(rows, last, counts)
+    # Each payload as stored (JSON text), once for the insert and the doorbell.
+    payloads = [None if r.payload is None else jsonutil.dumps(r.payload) for r in rows]
     if connection.vendor == "postgresql":
-        insert_unnest_together(*along, _inbox_unnest(rows, kept, skip_conflicts=ignore_conflicts))
+        insert_unnest_together(
+            *along, _inbox_unnest(rows, kept, payloads, skip_conflicts=ignore_conflicts)
+        )
     else:
         InboxEntry.objects.bulk_create(
             [InboxEntry(cursor=cursor, **rows[index]._asdict()) for index, cursor in kept],
@@ -812,7 +816,9 @@ def inbox_write(
         )
     # A skipped conflict leaves a reserved cursor without its row: nothing is carried
     # then, and the device reads its inbox as for any plain ring.
-    carried = {} if ignore_conflicts else _carried(rows, kept, last, counts, messages or {})
+    carried = (
+        {} if ignore_conflicts else _carried(rows, kept, last, counts, messages or {}, payloads)
+    )
     events.ring_doorbells_on_commit(device_ids=last.keys(), carried=carried)
     return kept
 
@@ -822,7 +828,7 @@ def inbox_write(
 CARRY_MAX_BYTES = 16 * 1024
 
 
-def _carried(rows, kept, last, counts, messages: dict[int, Message]) -> dict[int, dict]:
+def _carried(rows, kept, last, counts, messages: dict[int, Message], payloads) -> dict[int, dict]:
     """What each device's doorbell carries: its new events, exactly as an inbox read
     would return them, and the cursors they follow (`after`) and end at (`last`).
 
@@ -839,7 +845,7 @@ def _carried(rows, kept, last, counts, messages: dict[int, Message]) -> dict[int
         if row.device_id in unknown:
             continue
         if row.type != InboxEntry.Type.MESSAGE:
-            event = jsonutil.loads(jsonutil.dumps(row.payload))  # as stored: plain JSON
+            event = jsonutil.loads(payloads[index])  # as stored: plain JSON
         elif (message := messages.get(row.message_id)) is not None:
             event = selectors.message_event_of(message, row.envelope, row.body)
             size[row.device_id] += len(row.body if row.body is not None else b"") + len(
@@ -860,10 +866,12 @@ def _carried(rows, kept, last, counts, messages: dict[int, Message]) -> dict[int
     }
 
 
-def _inbox_numbered(rows: list[InboxRow], last: dict[int, int]) -> list[tuple[int, int]]:
-    """(index, cursor) of each row, numbered in order with the cursors reserved up to
-    `last[device]`; the rows of devices that got none (revoked) are left out."""
-    counts = Counter(r.device_id for r in rows)
+def _inbox_numbered(
+    rows: list[InboxRow], last: dict[int, int], counts: Counter
+) -> list[tuple[int, int]]:
+    """(index, cursor) of each row, numbered in order with the `counts[device]`
+    cursors reserved up to `last[device]`; the rows of devices that got none
+    (revoked) are left out."""
     next_cursor = {d: last[d] - counts[d] + 1 for d in last}
     kept = []
     for index, row in enumerate(rows):
@@ -873,7 +881,9 @@ def _inbox_numbered(rows: list[InboxRow], last: dict[int, int]) -> list[tuple[in
     return kept
 
 
-def _inbox_unnest(rows: list[InboxRow], kept, *, skip_conflicts: bool = False) -> UnnestInsert:
+def _inbox_unnest(
+    rows: list[InboxRow], kept, payloads: list[str | None], *, skip_conflicts: bool = False
+) -> UnnestInsert:
     now = timezone.now()
     return UnnestInsert(
         InboxEntry,
@@ -886,7 +896,7 @@ def _inbox_unnest(rows: list[InboxRow], kept, *, skip_conflicts: bool = False) -
                 r.message_id,
                 r.envelope,
                 r.body,
-                None if r.payload is None else jsonutil.dumps(r.payload),
+                payloads[index],
                 now,
             )
             for index, cursor in kept
@@ -927,6 +937,14 @@ class _Counters:
     also_set: str = ""
     also_params: tuple = ()
 
+    @property
+    def condition(self) -> str:
+        return f"AND {self.only_if}" if self.only_if else ""
+
+    @property
+    def extra(self) -> str:
+        return f", {self.also_set}" if self.also_set else ""
+
 
 def _counters_reserve(*reservations: _Counters) -> list[dict[int, int]]:
     """Make each reservation, in order; return the new values of each one's rows.
@@ -942,18 +960,16 @@ def _counters_reserve(*reservations: _Counters) -> list[dict[int, int]]:
     parts, selects, params = [], [], []
     for n, r in enumerate(reservations):
         row_ids = sorted(r.counts)
-        condition = f"AND {r.only_if}" if r.only_if else ""
-        extra = f", {r.also_set}" if r.also_set else ""
         parts.append(
             f"""
             wanted{n}(id, n) AS (SELECT * FROM unnest(%s::bigint[], %s::bigint[])),
             locked{n} AS (
                 SELECT t.id FROM {r.table} t
-                WHERE t.id = ANY(%s::bigint[]) {condition}
+                WHERE t.id = ANY(%s::bigint[]) {r.condition}
                 ORDER BY t.id FOR NO KEY UPDATE
             ),
             updated{n} AS (
-                UPDATE {r.table} t SET {r.column} = t.{r.column} + w.n{extra}
+                UPDATE {r.table} t SET {r.column} = t.{r.column} + w.n{r.extra}
                 FROM wanted{n} w JOIN locked{n} l ON l.id = w.id
                 WHERE t.id = w.id
                 RETURNING t.id, t.{r.column}
@@ -975,14 +991,12 @@ def _counters_reserve(*reservations: _Counters) -> list[dict[int, int]]:
 def _counters_reserve_sqlite(r: _Counters) -> dict[int, int]:
     # SQLite takes one database-wide write lock: there is nothing to order.
     row_ids = sorted(r.counts)
-    condition = f"AND {r.only_if}" if r.only_if else ""
-    extra = f", {r.also_set}" if r.also_set else ""
     cases = " ".join("WHEN %s THEN %s" for _ in row_ids)
     marks = ",".join("%s" for _ in row_ids)
     with connection.cursor() as cur:
         cur.execute(
-            f"UPDATE {r.table} SET {r.column} = {r.column} + CASE id {cases} END{extra} "
-            f"WHERE id IN ({marks}) {condition} RETURNING id, {r.column}",
+            f"UPDATE {r.table} SET {r.column} = {r.column} + CASE id {cases} END{r.extra} "
+            f"WHERE id IN ({marks}) {r.condition} RETURNING id, {r.column}",
             [*(v for i in row_ids for v in (i, r.counts[i])), *r.also_params, *row_ids],
         )
         return dict(cur.fetchall())
