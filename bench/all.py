@@ -28,6 +28,9 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 # name, command (after `python -m`), the figure compared with the target, the target.
 SCENARIOS = [
+    # Not a target: the machine's own floor (the disk's flush), which every figure
+    # below includes, measured on the idle machine before them.
+    ("commit", "bench.commit_probe --seconds 20", "commit_p99_ms", None),
     (
         "throughput",
         "bench.load throughput --pairs 100 --window 8 --processes 2 --seconds 15",

@@ -43,7 +43,8 @@ class Device(models.Model):
     """One client of a user: its own token, keys and inbox (PROTOCOL §1)."""
 
     id = models.BigIntegerField(primary_key=True, default=ids.random_key, editable=False)
-    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="devices")
+    # Looked up through accounts_device_user_active (user, revoked_at).
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="devices", db_index=False)
     name = models.CharField(max_length=100)
     # Only a SHA-256 of the bearer token is kept; the token itself is shown once.
     token_hash = models.CharField(max_length=64, unique=True, editable=False)

@@ -20,7 +20,10 @@ class Conversation(models.Model):
     last_seq = models.BigIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     # Set with last_seq: the chat list shows the most recently active chats first.
-    last_activity_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Not indexed: the list starts from the user's memberships and sorts those, and
+    # an index on a column every send changes would make each send's update of this
+    # row a non-HOT one (new entries in every index of the table, and bloat).
+    last_activity_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self):
         return f"{self.kind} {self.public_id}"
@@ -37,11 +40,16 @@ class MembershipQuerySet(models.QuerySet):
 
 
 class Membership(models.Model):
+    # Looked up through messaging_membership_unique (conversation, user).
     conversation = models.ForeignKey(
-        Conversation, on_delete=models.CASCADE, related_name="memberships"
+        Conversation, on_delete=models.CASCADE, related_name="memberships", db_index=False
     )
+    # Looked up through messaging_membership_user.
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="memberships",
+        db_index=False,
     )
     # Everything up to read_seq has been read by this member (blue checks).
     read_seq = models.BigIntegerField(default=0)
@@ -78,7 +86,11 @@ class Message(models.Model):
         SYSTEM = "system"
 
     id = models.BigIntegerField(primary_key=True, default=ids.random_key, editable=False)
-    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="+")
+    # Looked up through messaging_message_seq_unique (conversation, seq): an index of
+    # its own would be one more insert per message for nothing.
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     seq = models.BigIntegerField()
     sender_user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
@@ -166,7 +178,10 @@ class InboxEntry(models.Model):
 class Receipt(models.Model):
     """Delivery and read state of one message for one recipient user."""
 
-    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="receipts")
+    # Looked up through messaging_receipt_unique (message, user).
+    message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, related_name="receipts", db_index=False
+    )
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     delivered_at = models.DateTimeField(null=True, blank=True)
     read_at = models.DateTimeField(null=True, blank=True)
