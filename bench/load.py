@@ -111,12 +111,44 @@ async def close_all(conns) -> None:
 # --- throughput and latency ----------------------------------------------------------
 
 
+class Arrivals:
+    """The longest time with no delivery at all, and the time spent in such gaps.
+
+    Under steady load deliveries come every few milliseconds; a gap of
+    STALL_S or more means everything stopped (a flush of Postgres's log stalling
+    on the disk: bench.commit_probe, docs/benchmarks.md), which a percentile
+    alone does not tell apart from queueing.
+    """
+
+    STALL_S = 0.1
+
+    def __init__(self):
+        self.last = None
+        self.longest = 0.0
+        self.stalled = 0.0
+
+    def arrived(self, now: float) -> None:
+        if self.last is not None:
+            gap = now - self.last
+            self.longest = max(self.longest, gap)
+            if gap >= self.STALL_S:
+                self.stalled += gap
+        self.last = now
+
+    def figures(self) -> dict:
+        return {
+            "longest_gap_ms": round(1000 * self.longest, 1),
+            "stalled_s": round(self.stalled, 2),
+        }
+
+
 async def pairs_traffic(urls, pids, pairs, *, window, seconds, warmup, rate=None) -> dict:
     """Senders send to their receivers; receivers take and ack; count and time deliveries."""
     senders = await open_all(urls, [s.token for s, _, _ in pairs])
     receivers = await open_all(urls, [r.token for _, r, _ in pairs])
     state = {"measuring": False, "stop": False}
     delivered, latencies, acked, errors = [0], [], [0], [0]
+    arrivals = Arrivals()
 
     async def receive(conn):
         while not state["stop"]:
@@ -126,7 +158,9 @@ async def pairs_traffic(urls, pids, pairs, *, window, seconds, warmup, rate=None
                 continue
             if event.type == "message" and state["measuring"]:
                 delivered[0] += 1
-                latencies.append(time.perf_counter() - sent_at(event["body"]))
+                now = time.perf_counter()
+                latencies.append(now - sent_at(event["body"]))
+                arrivals.arrived(now)
 
     async def send_window(conn, receiver_device, conversation):
         while not state["stop"]:
@@ -186,6 +220,7 @@ async def pairs_traffic(urls, pids, pairs, *, window, seconds, warmup, rate=None
         "acked_sends_per_s": round(acked[0] / meter.elapsed),
         "send_errors": errors[0],
         **percentiles(latencies),
+        **arrivals.figures(),
         "server_cpu_pct": meter.server_cpu,
         "generator_cpu_pct": meter.generator_cpu,
         "seconds": round(meter.elapsed, 1),
