@@ -18,6 +18,7 @@ import time
 
 import psycopg
 
+from bench.load import percentiles
 from bench.server import bench_env
 
 STALL_MS = 100
@@ -55,14 +56,7 @@ def probe(conninfo: str, *, seconds: float, interval_s: float = 0.01) -> dict:
 
 def figures(values: list[float]) -> dict:
     """p50, p99, p99.9 and max, in milliseconds."""
-    if not values:
-        return {"p50_ms": None, "p99_ms": None, "p999_ms": None, "max_ms": None}
-    ordered = sorted(values)
-
-    def at(q):
-        return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
-
-    return {"p50_ms": at(0.5), "p99_ms": at(0.99), "p999_ms": at(0.999), "max_ms": at(1.0)}
+    return percentiles(values, (("p50", 0.5), ("p99", 0.99), ("p999", 0.999)))
 
 
 def main() -> None:

@@ -81,15 +81,17 @@ class Meter:
         self.generator_cpu = round(100 * (cpu_self() - self.self0) / self.elapsed, 1)
 
 
-def percentiles(values: list[float]) -> dict:
+def percentiles(values: list[float], points=(("p50", 0.5), ("p95", 0.95), ("p99", 0.99))) -> dict:
+    """Order statistics of durations in seconds, as milliseconds, and the maximum."""
+    points = (*points, ("max", 1.0))
     if not values:
-        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None}
+        return {f"{name}_ms": None for name, _ in points}
     ordered = sorted(values)
 
     def at(q):
         return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
 
-    return {"p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99), "max_ms": at(1.0)}
+    return {f"{name}_ms": at(q) for name, q in points}
 
 
 async def open_all(urls: list[str], tokens: list[str], **kwargs) -> list[WebSocketConnection]:
