@@ -71,8 +71,9 @@ def test_a_send_changes_no_indexed_column_of_its_conversation():
         assert not any(column in index["definition"] for column in changed), index["definition"]
 
 
-def test_an_ack_changes_no_indexed_column_of_a_device_or_membership():
-    """Cursor reservations and delivered watermarks are updated per message."""
+def test_sends_and_acks_change_no_indexed_column_of_a_device_or_membership():
+    """Inbox cursors (sends), delivered watermarks (acks) and last-active times change
+    per message."""
     for table, changed in [
         ("accounts_device", {"inbox_cursor", "last_active_at"}),
         ("messaging_membership", {"delivered_seq", "read_seq"}),
