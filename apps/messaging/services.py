@@ -472,9 +472,10 @@ def _messages_write(requests, indexes, messages: list[Message], members, cursors
         receipts += [
             (message.id, u) for u in members[message.conversation_id] if u != message.sender_user_id
         ]
+    by_id = {m.id: m for m in messages}
     if connection.vendor != "postgresql":
         Message.objects.bulk_create(messages)
-        inbox_write(rows, messages={m.id: m for m in messages}, reserved=cursors)
+        inbox_write(rows, messages=by_id, reserved=cursors)
         Receipt.objects.bulk_create([Receipt(message_id=m, user_id=u) for m, u in receipts])
         return
     inbox_write(
@@ -483,7 +484,7 @@ def _messages_write(requests, indexes, messages: list[Message], members, cursors
             _messages_unnest(messages),
             UnnestInsert(Receipt, {"message_id": "bigint", "user_id": "bigint"}, receipts),
         ),
-        messages={m.id: m for m in messages},
+        messages=by_id,
         reserved=cursors,
     )
 
@@ -810,9 +811,7 @@ def inbox_write(
         insert_unnest_together(*along)
         return []
     counts = Counter(r.device_id for r in rows)
-    if reserved is None:
-        (reserved,) = _counters_reserve(_device_cursors(counts))
-    last = reserved
+    last = reserved if reserved is not None else _counters_reserve(_device_cursors(counts))[0]
     kept = _inbox_numbered(rows, last, counts)
     # Each payload as stored (JSON text), once for the insert and the doorbell.
     payloads = [None if r.payload is None else jsonutil.dumps(r.payload) for r in rows]
