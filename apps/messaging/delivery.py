@@ -24,7 +24,9 @@ logger = logging.getLogger("natter.events")
 # Marks being written (kept referenced until done, so they are not collected).
 _PENDING: set = set()
 # Marks not yet written, per event loop: a burst of pushes is one Redis pipeline.
-_WAITING: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, str]]" = (
+# Kept as (cursor, epoch seconds, transport) and formatted only when written: a
+# socket pushes many times in the second the marks gather, and only its last counts.
+_WAITING: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, tuple]]" = (
     weakref.WeakKeyDictionary()
 )
 
@@ -37,8 +39,8 @@ def _ttl_s() -> int:
     return 86400 * settings.NATTER["RETENTION_DAYS"]
 
 
-def _value(cursor: int, transport: str) -> str:
-    return f"{cursor} {time.time():.6f} {transport}"
+def _value(cursor: int, transport: str, at: float | None = None) -> str:
+    return f"{cursor} {time.time() if at is None else at:.6f} {transport}"
 
 
 def mark_pushed(*, device_id: int, cursor: int, transport: str) -> None:
@@ -72,7 +74,7 @@ def amark_pushed(*, device_id: int, cursor: int, transport: str) -> None:
         task = asyncio.ensure_future(_write_waiting(client, loop))
         _PENDING.add(task)
         task.add_done_callback(_PENDING.discard)
-    waiting[device_id] = _value(cursor, transport)
+    waiting[device_id] = (cursor, time.time(), transport)
 
 
 # How long the marks of a process gather before they are written.
@@ -85,8 +87,8 @@ async def _write_waiting(client, loop) -> None:
     make_key, ttl_s = cache.make_key, _ttl_s()
     try:
         async with client.pipeline(transaction=False) as pipe:
-            for device_id, value in marks.items():
-                pipe.set(make_key(_name(device_id)), value, ex=ttl_s)
+            for device_id, (cursor, at, transport) in marks.items():
+                pipe.set(make_key(_name(device_id)), _value(cursor, transport, at), ex=ttl_s)
             await pipe.execute()
     except OUTAGES:
         logger.warning("could not mark the push of %d device(s)", len(marks))
