@@ -22,6 +22,7 @@ from apps.common import ids, jsonutil
 from apps.common.db import (
     UnnestInsert,
     insert_unnest_together,
+    opaque_array,
     pg_array,
     retry_on_deadlock,
 )
@@ -220,19 +221,26 @@ _MESSAGE_COLUMNS = (
     "fanout_pending",
     "created_at",
 )
-_MESSAGES_BY_CLIENT_ID_SQL = (
-    f"SELECT {', '.join(_MESSAGE_COLUMNS)} FROM messaging_message "
-    "WHERE (sender_device_id, client_id) IN (SELECT * FROM unnest(%s::bigint[], %s::uuid[]))"
-)
+# The earlier copies of some sends: one lookup per (sender device, client id) key,
+# through the unique index, whatever the number of keys (see opaque_array).
+_MESSAGES_BY_CLIENT_ID_SQL = f"""
+    SELECT {", ".join(_MESSAGE_COLUMNS)}
+    FROM unnest({opaque_array("bigint")}, {opaque_array("uuid")}) AS k(device, client)
+    CROSS JOIN LATERAL (
+        SELECT {", ".join(_MESSAGE_COLUMNS)} FROM messaging_message
+        WHERE sender_device_id = k.device AND client_id = k.client
+        OFFSET 0
+    ) m
+"""
 # Current members of some conversations (an array of ids), each with the kind of
 # the conversation and, for a direct one, each keyed active device of the member.
 # Looked up per conversation and per member (LATERAL ... OFFSET 0 keeps the planner
 # from flattening them into joins): flattened, the generic plan of the prepared
 # statement hashed whole scans of the conversation and device tables on every
 # send, and Postgres switched between it and a custom plan from run to run.
-_MEMBERS_AND_DEVICES_SQL = """
+_MEMBERS_AND_DEVICES_SQL = f"""
     SELECT w.id, ms.user_id, ms.kind, d.id
-    FROM unnest(%s::bigint[]) AS w(id)
+    FROM unnest({opaque_array("bigint")}) AS w(id)
     CROSS JOIN LATERAL (
         SELECT m.user_id, c.kind FROM messaging_conversation c
         JOIN messaging_membership m ON m.conversation_id = c.id AND m.left_seq IS NULL
@@ -972,10 +980,10 @@ def _counters_reserve(*reservations: _Counters) -> list[dict[int, int]]:
         row_ids = sorted(r.counts)
         parts.append(
             f"""
-            wanted{n}(id, n) AS (SELECT * FROM unnest(%s::bigint[], %s::bigint[])),
+            wanted{n}(id, n) AS (SELECT * FROM unnest({opaque_array()}, {opaque_array()})),
             locked{n} AS (
                 SELECT t.id FROM {r.table} t
-                WHERE t.id = ANY(%s::bigint[]) {r.condition}
+                WHERE t.id = ANY({opaque_array()}) {r.condition}
                 ORDER BY t.id FOR NO KEY UPDATE
             ),
             updated{n} AS (
@@ -1056,7 +1064,7 @@ def _inbox_delete(upto: dict[int, int]) -> list[tuple[int, int | None, bool | No
             # EXISTS as a hashed scan of every message (both seen under load).
             cur.execute(
                 "DELETE FROM messaging_inboxentry i "
-                "WHERE i.device_id = ANY(%s::bigint[]) "
+                f"WHERE i.device_id = ANY({opaque_array()}) "
                 "AND i.cursor <= (%s::bigint[])[array_position(%s::bigint[], i.device_id)] "
                 "RETURNING i.device_id, i.message_id, "
                 "(SELECT m.group_body IS NOT NULL FROM messaging_message m "
@@ -1111,12 +1119,12 @@ def _receipts_deliver(acked: dict[int, set[int]], *, at: datetime) -> list[tuple
     if connection.vendor == "postgresql":
         with connection.cursor() as cur:
             cur.execute(
-                """
+                f"""
                 WITH locked AS (
                          SELECT r.id FROM messaging_receipt r
-                         WHERE r.message_id = ANY(%s::bigint[])
+                         WHERE r.message_id = ANY({opaque_array()})
                            AND (r.user_id, r.message_id) IN (
-                               SELECT * FROM unnest(%s::bigint[], %s::bigint[]))
+                               SELECT * FROM unnest({opaque_array()}, {opaque_array()}))
                            AND r.delivered_at IS NULL
                          ORDER BY r.id FOR NO KEY UPDATE OF r
                      )
@@ -1181,7 +1189,7 @@ def _advance_delivered(touched: dict[int, set[int]], *, at: datetime) -> None:
         with connection.cursor() as cur:
             cur.execute(
                 "UPDATE messaging_membership m SET delivered_seq = a.seq "
-                "FROM unnest(%s::bigint[], %s::bigint[]) AS a(id, seq) WHERE m.id = a.id",
+                f"FROM unnest({opaque_array()}, {opaque_array()}) AS a(id, seq) WHERE m.id = a.id",
                 [pg_array(m for m, _ in moved), pg_array(seq for _, seq in moved)],
             )
     else:
@@ -1201,7 +1209,7 @@ def _delivered_watermark_inputs(touched: dict[int, set[int]]) -> list[tuple]:
         # snapshot: a message committed meanwhile is in neither.
         with connection.cursor() as cur:
             cur.execute(
-                """
+                f"""
                 SELECT ms.id, ms.user_id, ms.conversation_id, ms.delivered_seq, c.last_seq,
                        (SELECT min(m.seq) FROM messaging_receipt r
                         JOIN messaging_message m ON m.id = r.message_id
@@ -1210,7 +1218,7 @@ def _delivered_watermark_inputs(touched: dict[int, set[int]]) -> list[tuple]:
                 FROM messaging_membership ms
                 JOIN messaging_conversation c ON c.id = ms.conversation_id
                 WHERE (ms.user_id, ms.conversation_id) IN (
-                    SELECT * FROM unnest(%s::bigint[], %s::bigint[]))
+                    SELECT * FROM unnest({opaque_array()}, {opaque_array()}))
                 ORDER BY ms.id FOR NO KEY UPDATE OF ms
                 """,
                 [pg_array(u for u, _ in keys), pg_array(c for _, c in keys)],
@@ -1294,7 +1302,7 @@ def _receipt_devices(status: str, ranges) -> set[tuple[int, int, int]]:
             cur.execute(
                 f"""
                 SELECT DISTINCT s.reader, s.cid, d.id
-                FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])
+                FROM unnest({opaque_array()}, {opaque_array()}, {opaque_array()}, {opaque_array()})
                      AS s(reader, cid, lo, hi)
                 CROSS JOIN LATERAL (
                     SELECT m.id, m.sender_user_id FROM messaging_message m
