@@ -43,6 +43,15 @@ SCENARIOS = [
         "p99_ms",
         ("<=", 25),
     ),
+    # Not a target: the same run against daphne relaying Natter's frames with no
+    # work (bench/floor.py), the latency that daphne and the generator cost alone.
+    (
+        "floor500",
+        "bench.load latency --rate 500 --pairs 100 --processes 2 --seconds 15 "
+        "--app bench.floor:application",
+        "p99_ms",
+        None,
+    ),
     (
         "latency1000",
         "bench.load latency --rate 1000 --pairs 100 --processes 2 --seconds 15",

@@ -358,6 +358,12 @@ def main() -> None:
     parser.add_argument("--url", action="append", help="a running server (repeatable)")
     parser.add_argument("--database-url", help="with --url: the server's database")
     parser.add_argument("--pids", help="with --url: comma-separated server pids for CPU/RSS")
+    parser.add_argument(
+        "--app",
+        default="config.asgi:application",
+        help="the ASGI application the started servers run (bench.floor:application: "
+        "Natter's frames relayed with no work, the floor under its latency)",
+    )
     args = parser.parse_args()
 
     env = bench_env("natter_bench_load")
@@ -371,7 +377,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         servers = [
-            stack.enter_context(daphne(env, Path(tmp) / f"daphne{i}.log"))
+            stack.enter_context(daphne(env, Path(tmp) / f"daphne{i}.log", app=args.app))
             for i in range(args.processes)
         ]
         setup_django(env)

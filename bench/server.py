@@ -69,8 +69,8 @@ def bench_env(database: str = "natter_bench") -> dict:
 
 
 @contextlib.contextmanager
-def daphne(env: dict, log_path: Path):
-    """Run migrations, start one daphne process, yield (url, pid), stop it."""
+def daphne(env: dict, log_path: Path, app: str = "config.asgi:application"):
+    """Run migrations, start one daphne process serving `app`, yield (url, pid), stop it."""
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     port = free_port()
     with log_path.open("w") as log:
@@ -81,7 +81,7 @@ def daphne(env: dict, log_path: Path):
                 f"tcp:port={port}:interface=127.0.0.1:backlog=4096",
                 "--websocket_timeout",
                 "-1",
-                "config.asgi:application",
+                app,
             ],
             cwd=ROOT,
             env=env,

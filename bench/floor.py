@@ -1,0 +1,182 @@
+"""The floor under Natter's latency: its frames, relayed with none of its work.
+
+`bench.load --app bench.floor:application` runs the same generator against daphne
+processes that serve this application instead of Natter's. Its /ws/v1/ socket
+speaks the frames a direct message costs in Natter: the hello, the send's ack, the
+recipient's `message` event, the recipient's ack, the sender's `delivered`
+receipt and its ack. They have the same fields and sizes. But nothing is stored,
+checked or read: the database is used once per socket, to find the device from its
+token. A send goes from the sender's socket to the recipient's in memory when both
+are in the process (as Natter's doorbells do), and through the channel layer
+otherwise.
+
+What it measures is what daphne, Channels, the event loop and the generator cost
+on this machine by themselves: a latency Natter cannot go below here, however
+little its own work costs. A diagnostic, never a result against a target.
+"""
+
+import collections
+import itertools
+import os
+from datetime import UTC, datetime
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+django.setup()  # before the models are imported below
+
+from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.urls import re_path  # noqa: E402
+
+from apps.accounts.scope_auth import device_for_scope  # noqa: E402
+from apps.common import ids, jsonutil  # noqa: E402
+from apps.common.asgi import SessionsForCookies  # noqa: E402
+from apps.common.db import NoConnectionSweepMixin  # noqa: E402
+from apps.messaging.consumers import parse_frame  # noqa: E402
+from config.asgi import application as natter_application  # noqa: E402
+
+# This process's sockets, by device id (the newest wins, as in Natter).
+_SOCKETS: dict[int, "FloorConsumer"] = {}
+# Server-assigned numbers, per process: message ids and each conversation's seqs.
+_MESSAGE_IDS = itertools.count(1)
+_SEQS: collections.defaultdict[str, itertools.count] = collections.defaultdict(
+    lambda: itertools.count(1)
+)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _group(device_id: int) -> str:
+    return f"floor.{device_id}"
+
+
+class FloorConsumer(NoConnectionSweepMixin, AsyncWebsocketConsumer):
+    """Relay sends to their recipients' sockets and acks back as receipts."""
+
+    async def connect(self):
+        self.device = await device_for_scope(self.scope, websocket=True)
+        await self.accept()
+        if self.device is None:
+            await self.close(code=4401)
+            return
+        self.cursor = 0
+        # Pushed and not yet acked: (cursor, sender device, conversation, seq) of messages.
+        self.unacked: collections.deque[tuple[int, int | None, str, int]] = collections.deque()
+        self.user_public_id = self.device.user.public_id
+        _SOCKETS[self.device.id] = self
+        await self.channel_layer.group_add(_group(self.device.id), self.channel_name)
+        await self.send_frame(
+            {
+                "type": "hello",
+                "user": self.user_public_id,
+                "device": self.device.public_id,
+                "heartbeat_s": settings.NATTER["HEARTBEAT_S"],
+                "window": settings.NATTER["WINDOW"],
+                "server_time": _now(),
+            }
+        )
+        await self.send_frame({"type": "drained"})
+
+    async def disconnect(self, code):
+        if getattr(self, "device", None) is not None:
+            if _SOCKETS.get(self.device.id) is self:
+                del _SOCKETS[self.device.id]
+            await self.channel_layer.group_discard(_group(self.device.id), self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        frame, ref = parse_frame(text_data)
+        kind = frame.get("type")
+        if kind == "send":
+            await self.on_send(frame, ref)
+        elif kind == "ack":
+            await self.on_ack(int(frame["cursor"]))
+        elif kind == "ping":
+            await self.send_frame({"type": "pong", "ref": ref})
+
+    async def on_send(self, frame: dict, ref):
+        conversation = frame["conversation"]
+        seq = next(_SEQS[conversation])
+        message_id = ids.encode(ids.MESSAGE, next(_MESSAGE_IDS))
+        now = _now()
+        await self.send_frame(
+            {
+                "type": "ack",
+                "ref": ref,
+                "client_id": frame["client_id"],
+                "message_id": message_id,
+                "conversation": conversation,
+                "seq": seq,
+                "server_ts": now,
+            }
+        )
+        for ciphertext in frame["ciphertexts"]:
+            event = {
+                "type": "message",
+                "message_id": message_id,
+                "client_id": frame["client_id"],
+                "conversation": conversation,
+                "seq": seq,
+                "sender": {"user": self.user_public_id, "device": self.device.public_id},
+                "kind": frame.get("kind", "text"),
+                "envelope": ciphertext["envelope"],
+                "body": ciphertext["body"],
+                "sent_at": now,
+                "reply_to_seq": frame.get("reply_to_seq"),
+            }
+            await self.relay(
+                ids.decode(ids.DEVICE, ciphertext["device"]),
+                {"type": "floor.push", "event": event, "from_device": self.device.id},
+            )
+
+    async def on_ack(self, cursor: int):
+        """Tell each sender, once per ack, up to which seq its messages arrived."""
+        upto: dict[tuple[int, str], int] = {}
+        while self.unacked and self.unacked[0][0] <= cursor:
+            _, sender, conversation, seq = self.unacked.popleft()
+            if sender is not None:
+                upto[(sender, conversation)] = max(seq, upto.get((sender, conversation), 0))
+        now = _now()
+        for (sender, conversation), seq in upto.items():
+            receipt = {
+                "type": "receipt",
+                "conversation": conversation,
+                "status": "delivered",
+                "by_user": self.user_public_id,
+                "up_to_seq": seq,
+                "at": now,
+            }
+            await self.relay(sender, {"type": "floor.push", "event": receipt, "from_device": None})
+
+    async def relay(self, device_id: int, message: dict):
+        socket = _SOCKETS.get(device_id)
+        if socket is not None:
+            await socket.floor_push(message)
+        else:
+            await self.channel_layer.group_send(_group(device_id), message)
+
+    async def floor_push(self, message: dict):
+        self.cursor += 1
+        event = message["event"]
+        if event["type"] == "message":
+            self.unacked.append(
+                (self.cursor, message["from_device"], event["conversation"], event["seq"])
+            )
+        await self.send_frame({"type": "event", "cursor": self.cursor, "event": event})
+
+    async def send_frame(self, frame: dict):
+        await self.send(text_data=jsonutil.dumps(frame))
+
+
+application = ProtocolTypeRouter(
+    {
+        # The same HTTP side (bench.server waits for "/" to answer before it runs).
+        "http": natter_application.application_mapping["http"],
+        "websocket": SessionsForCookies(
+            URLRouter([re_path(r"^ws/v1/?$", FloorConsumer.as_asgi())])
+        ),
+    }
+)
