@@ -72,7 +72,7 @@ def _send_batch(requests: list) -> list:
     return services.message_send_many(requests=requests)
 
 
-def _ack_batch(requests: list[tuple[object, int]]) -> list[None]:
+def _ack_batch(requests: list[tuple[object, int, int]]) -> list[None]:
     services.inbox_ack_many(acks=requests)
     return [None] * len(requests)
 
@@ -117,9 +117,9 @@ async def message_send(request: "services.SendRequest") -> "services.SendResult"
     return result
 
 
-async def inbox_ack(device, cursor: int) -> None:
-    """Ack a device's inbox up to `cursor`; return once it is committed."""
-    await _batchers()["ack"].call((device, cursor))
+async def inbox_ack(device, cursor: int, after: int = 0) -> None:
+    """Ack a device's inbox in (after, cursor]; return once it is committed."""
+    await _batchers()["ack"].call((device, cursor, after))
 
 
 async def inbox_after(device_id: int, after_cursor: int, limit: int) -> list[dict]:

@@ -136,12 +136,17 @@ class InboxConsumer(NoConnectionSweepMixin, PresenceSocketMixin, AsyncWebsocketC
         # Never delete what this socket has not pushed: a client cannot ack unseen rows.
         cursor = min(cursor, self.pushed_cursor)
         metrics.ACKS_WS.inc()
+        # Rows before the oldest one in flight were acked by earlier frames: this ack
+        # deletes from there (the rows' index entries before it are left alone).
+        # With none in flight, from the start, as a repeated ack may be repairing one
+        # whose commit failed.
+        after = self.in_flight[0] - 1 if self.in_flight and self.in_flight[0] <= cursor else 0
         while self.in_flight and self.in_flight[0] <= cursor:
             self.in_flight.popleft()
         if cursor > 0:
             # The next push reads after what was pushed, not after what was acked, so
             # it need not wait for the ack's commit (which gathers a burst of acks).
-            commit = asyncio.ensure_future(batching.inbox_ack(self.device, cursor))
+            commit = asyncio.ensure_future(batching.inbox_ack(self.device, cursor, after))
             if ref is not None:
                 await commit
             else:

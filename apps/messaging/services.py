@@ -1022,30 +1022,36 @@ def _counters_reserve_sqlite(r: _Counters) -> dict[int, int]:
 
 def inbox_ack(*, device: Device, cursor: int) -> int:
     """Delete the device's events up to `cursor`; turn acked messages to delivered."""
-    inbox_ack_many(acks=[(device, cursor)])
+    inbox_ack_many(acks=[(device, cursor, 0)])
     return cursor
 
 
 @retry_on_deadlock
-def inbox_ack_many(*, acks: list[tuple[Device, int]]) -> None:
+def inbox_ack_many(*, acks: list[tuple[Device, int, int]]) -> None:
     """Ack several devices' inboxes in one transaction: a group commit of acks.
+
+    Each ack is (device, up to cursor, after cursor): it deletes the device's rows
+    in (after, up to]. A socket knows that every row of its device up to the
+    oldest one it pushed and has not had acked yet was acked before, so it names
+    that bound; 0 deletes from the start.
 
     Under load a process's sockets ack together (every member of a group acks the
     same message); one transaction with a fixed number of queries serves them all,
     instead of a dozen queries per ack.
     """
-    upto: dict[int, int] = {}
+    spans: dict[int, tuple[int, int]] = {}
     owner: dict[int, int] = {}
-    for device, cursor in acks:
-        if cursor > 0:
-            upto[device.id] = max(cursor, upto.get(device.id, 0))
+    for device, cursor, after in acks:
+        if cursor > after:
+            known = spans.get(device.id, (after, cursor))
+            spans[device.id] = (min(after, known[0]), max(cursor, known[1]))
             owner[device.id] = device.user_id
-    if not upto:
+    if not spans:
         return
     with transaction.atomic():
         acked: dict[int, set[int]] = defaultdict(set)
         with_group_body = set()
-        for device_id, message_id, group_body in _inbox_delete(upto):
+        for device_id, message_id, group_body in _inbox_delete(spans):
             if message_id is not None:
                 acked[owner[device_id]].add(message_id)
                 if group_body:
@@ -1054,30 +1060,50 @@ def inbox_ack_many(*, acks: list[tuple[Device, int]]) -> None:
             _mark_delivered(acked, with_group_body=with_group_body)
 
 
-def _inbox_delete(upto: dict[int, int]) -> list[tuple[int, int | None, bool | None]]:
-    """Delete acked rows; return (device, message, whether it has a group body)."""
-    device_ids = sorted(upto)
+def _inbox_delete(
+    spans: dict[int, tuple[int, int]],
+) -> list[tuple[int, int | None, bool | None]]:
+    """Delete each device's rows in its (after, up to] span; return (device, message,
+    whether it has a group body)."""
+    device_ids = sorted(spans)
     with connection.cursor() as cur:
         if connection.vendor == "postgresql":
-            # Shaped for the (device, cursor) index whatever the plan: a join with
-            # unnest() was planned as a hash join over the whole table, and an
-            # EXISTS as a hashed scan of every message (both seen under load).
+            # Each span is read through the (device, cursor) index with both bounds,
+            # per device (LATERAL ... OFFSET 0), and the rows deleted by id. Bounded
+            # only by device, the scan went through every index entry of the
+            # device's past rows too: deleted, and not yet vacuumed away.
             cur.execute(
-                "DELETE FROM messaging_inboxentry i "
-                f"WHERE i.device_id = ANY({opaque_array()}) "
-                "AND i.cursor <= (%s::bigint[])[array_position(%s::bigint[], i.device_id)] "
-                "RETURNING i.device_id, i.message_id, "
-                "(SELECT m.group_body IS NOT NULL FROM messaging_message m "
-                " WHERE m.id = i.message_id)",
-                [pg_array(device_ids), pg_array(upto[d] for d in device_ids), pg_array(device_ids)],
+                f"""
+                DELETE FROM messaging_inboxentry i
+                WHERE i.id = ANY(ARRAY(
+                    SELECT e.id
+                    FROM unnest({opaque_array()}, {opaque_array()}, {opaque_array()})
+                         AS s(device, after, upto)
+                    CROSS JOIN LATERAL (
+                        SELECT e.id FROM messaging_inboxentry e
+                        WHERE e.device_id = s.device
+                          AND e.cursor > s.after AND e.cursor <= s.upto
+                        OFFSET 0
+                    ) e
+                ))
+                RETURNING i.device_id, i.message_id,
+                    (SELECT m.group_body IS NOT NULL FROM messaging_message m
+                     WHERE m.id = i.message_id)
+                """,
+                [
+                    pg_array(device_ids),
+                    pg_array(spans[d][0] for d in device_ids),
+                    pg_array(spans[d][1] for d in device_ids),
+                ],
             )
             return cur.fetchall()
         deleted = []
         for device_id in device_ids:
+            after, upto = spans[device_id]
             cur.execute(
-                "DELETE FROM messaging_inboxentry WHERE device_id = %s AND cursor <= %s "
-                "RETURNING device_id, message_id",
-                [device_id, upto[device_id]],
+                "DELETE FROM messaging_inboxentry WHERE device_id = %s "
+                "AND cursor > %s AND cursor <= %s RETURNING device_id, message_id",
+                [device_id, after, upto],
             )
             deleted += cur.fetchall()
     message_ids = {m for _, m in deleted if m is not None}

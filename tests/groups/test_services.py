@@ -282,7 +282,7 @@ def test_a_batch_of_acks_from_many_members_costs_the_same_queries_as_one(people)
     message = group_send(owner_device, group).message
     services.message_fanout(message_id=message.id)
     acks = [
-        (d, inbox_after(device_id=d.id, after_cursor=0, limit=99)[-1]["cursor"]) for d in devices
+        (d, inbox_after(device_id=d.id, after_cursor=0, limit=99)[-1]["cursor"], 0) for d in devices
     ]
     with CaptureQueriesContext(connection) as queries:
         services.inbox_ack_many(acks=acks)

@@ -12,7 +12,7 @@ from apps.messaging import events, services
 from apps.messaging.models import InboxEntry
 from config.asgi import application
 from tests.conftest import b64
-from tests.messaging.helpers import send
+from tests.messaging.helpers import inbox, send
 
 pytestmark = [
     pytest.mark.asyncio,
@@ -266,6 +266,27 @@ async def test_an_unacked_event_comes_back_after_reconnect(people):
     await ws.disconnect()
     ws, _ = await connected(b1)
     assert await ws.receive_json_from() == {"type": "drained"}
+    await ws.disconnect()
+
+
+async def test_acks_in_steps_each_delete_their_events_and_a_repeat_is_harmless(people):
+    alice, bob, a1, b1, conversation = await make_chat(people)
+    for _ in range(3):
+        await database_sync_to_async(send)(a1, conversation, [b1])
+    ws, _ = await connected(b1)
+    events = [f for f in await frames_until(ws, "drained") if f["type"] == "event"]
+    cursors = [e["cursor"] for e in events]
+    remaining = database_sync_to_async(lambda: [row["cursor"] for row in inbox(b1)])
+    await ws.send_json_to({"type": "ack", "cursor": cursors[1], "id": 1})
+    assert (await frames_until(ws, "ok"))[-1] == {"type": "ok", "ref": 1}
+    assert await remaining() == [cursors[2]]
+    # The next ack starts from the oldest event still in flight.
+    await ws.send_json_to({"type": "ack", "cursor": cursors[2], "id": 2})
+    await frames_until(ws, "ok")
+    assert await remaining() == []
+    # Nothing in flight: the same ack again is answered and deletes nothing more.
+    await ws.send_json_to({"type": "ack", "cursor": cursors[2], "id": 3})
+    assert (await frames_until(ws, "ok"))[-1] == {"type": "ok", "ref": 3}
     await ws.disconnect()
 
 

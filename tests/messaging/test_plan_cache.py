@@ -65,9 +65,9 @@ def test_an_ack_batchs_statements_are_planned_once_not_per_ack(chat):
     a1, b1, conversation = chat
     for _ in range(CALLS):
         send(a1, conversation, [b1])
-        services.inbox_ack_many(acks=[(b1, selectors.inbox_last_cursor(device_id=b1.id))])
+        services.inbox_ack_many(acks=[(b1, selectors.inbox_last_cursor(device_id=b1.id), 0)])
     for fragment in (
-        "DELETE FROM messaging_inboxentry i",  # the acked rows
+        "AS s(device, after, upto)",  # the acked rows
         "WITH locked AS",  # the receipts turned delivered
         "AS s(reader, cid, lo, hi)",  # the senders' devices to tell
     ):

@@ -105,6 +105,22 @@ def test_ack_deletes_rows_and_sends_one_delivered_receipt_to_each_sender_device(
     assert len(events_of(a1, "receipt")) == 1
 
 
+def test_an_ack_with_a_lower_bound_deletes_only_its_span(chat):
+    alice, bob, a1, a2, b1, b2, conversation = chat
+    for _ in range(4):
+        send(a1, conversation, [a2, b1, b2])
+    cursors = [row["cursor"] for row in inbox(b1)]
+    # (cursors[0], cursors[2]]: the first row is below the bound and stays.
+    services.inbox_ack_many(acks=[(b1, cursors[2], cursors[0])])
+    assert [row["cursor"] for row in inbox(b1)] == [cursors[0], cursors[3]]
+    # Two acks of one device in a batch cover both their spans.
+    services.inbox_ack_many(acks=[(b1, cursors[0], 0), (b1, cursors[3], cursors[2])])
+    assert inbox(b1) == []
+    # A span that is empty or upside down deletes nothing.
+    services.inbox_ack_many(acks=[(b2, cursors[1], cursors[1]), (b2, 0, 0)])
+    assert len(inbox(b2)) == 4
+
+
 def test_delivered_up_to_waits_for_a_message_only_an_offline_device_holds(chat, people):
     alice, bob, a1, a2, b1, b2, conversation = chat
     send(a1, conversation, [a2, b1, b2])  # seq 1 reaches b1 and b2
