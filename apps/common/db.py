@@ -88,9 +88,12 @@ def opaque_array(kind: str = "bigint") -> str:
     planned again on every call: 0.6 ms of planning against 0.2 ms of running for
     a send batch's first read, 28 % of Postgres's time at 500 msgs/s. Behind a
     scalar sub-select the length is unknown to both, the estimates are equal, and
-    Postgres keeps the generic plan from the sixth call on. Only for statements
-    whose plan is fixed by its shape (a lookup per element, LATERAL ... OFFSET 0):
-    any other plan chosen for 100 rows would be wrong for 2.
+    Postgres keeps the generic plan from the sixth call on.
+
+    That plan is made for 100 elements, so use this only where such a plan is
+    also right for a few: a lookup per element (LATERAL ... OFFSET 0), or rows
+    found by key, which on any table large enough to matter are index lookups
+    whatever the count (on a tiny table the plan may scan it, which costs little).
     """
     # The outer cast makes `= ANY(...)` take it as an array, not as a subquery.
     return f"(SELECT %s::{kind}[])::{kind}[]"
