@@ -15,6 +15,7 @@ on this machine by themselves: a latency Natter cannot go below here, however
 little its own work costs. A diagnostic, never a result against a target.
 """
 
+import base64
 import collections
 import itertools
 import os
@@ -27,14 +28,14 @@ django.setup()  # before the models are imported below
 
 from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.conf import settings  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
 from apps.accounts.scope_auth import device_for_scope  # noqa: E402
 from apps.common import ids, jsonutil  # noqa: E402
 from apps.common.asgi import SessionsForCookies  # noqa: E402
 from apps.common.db import NoConnectionSweepMixin  # noqa: E402
-from apps.messaging.consumers import parse_frame  # noqa: E402
+from apps.messaging.consumers import hello_frame, parse_frame  # noqa: E402
+from apps.messaging.selectors import message_event  # noqa: E402
 from config.asgi import application as natter_application  # noqa: E402
 
 # This process's sockets, by device id (the newest wins, as in Natter).
@@ -46,8 +47,8 @@ _SEQS: collections.defaultdict[str, itertools.count] = collections.defaultdict(
 )
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+def _iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
 
 
 def _group(device_id: int) -> str:
@@ -69,16 +70,7 @@ class FloorConsumer(NoConnectionSweepMixin, AsyncWebsocketConsumer):
         self.user_public_id = self.device.user.public_id
         _SOCKETS[self.device.id] = self
         await self.channel_layer.group_add(_group(self.device.id), self.channel_name)
-        await self.send_frame(
-            {
-                "type": "hello",
-                "user": self.user_public_id,
-                "device": self.device.public_id,
-                "heartbeat_s": settings.NATTER["HEARTBEAT_S"],
-                "window": settings.NATTER["WINDOW"],
-                "server_time": _now(),
-            }
-        )
+        await self.send_frame(hello_frame(self.device))
         await self.send_frame({"type": "drained"})
 
     async def disconnect(self, code):
@@ -100,33 +92,35 @@ class FloorConsumer(NoConnectionSweepMixin, AsyncWebsocketConsumer):
     async def on_send(self, frame: dict, ref):
         conversation = frame["conversation"]
         seq = next(_SEQS[conversation])
-        message_id = ids.encode(ids.MESSAGE, next(_MESSAGE_IDS))
-        now = _now()
+        message_id = next(_MESSAGE_IDS)
+        now = datetime.now(UTC)
         await self.send_frame(
             {
                 "type": "ack",
                 "ref": ref,
                 "client_id": frame["client_id"],
-                "message_id": message_id,
+                "message_id": ids.encode(ids.MESSAGE, message_id),
                 "conversation": conversation,
                 "seq": seq,
-                "server_ts": now,
+                "server_ts": _iso(now),
             }
         )
         for ciphertext in frame["ciphertexts"]:
-            event = {
-                "type": "message",
-                "message_id": message_id,
-                "client_id": frame["client_id"],
-                "conversation": conversation,
-                "seq": seq,
-                "sender": {"user": self.user_public_id, "device": self.device.public_id},
-                "kind": frame.get("kind", "text"),
-                "envelope": ciphertext["envelope"],
-                "body": ciphertext["body"],
-                "sent_at": now,
-                "reply_to_seq": frame.get("reply_to_seq"),
-            }
+            # Built by Natter's own code, so the frame is the one Natter would push.
+            event = message_event(
+                message_id,
+                frame["client_id"],
+                ids.decode(ids.CONVERSATION, conversation),
+                seq,
+                self.device.user_id,
+                self.device.id,
+                frame.get("kind", "text"),
+                now,
+                frame.get("reply_to_seq"),
+                ciphertext["envelope"],
+                base64.b64decode(ciphertext["body"]),
+                None,
+            )
             await self.relay(
                 ids.decode(ids.DEVICE, ciphertext["device"]),
                 {"type": "floor.push", "event": event, "from_device": self.device.id},
@@ -139,7 +133,7 @@ class FloorConsumer(NoConnectionSweepMixin, AsyncWebsocketConsumer):
             _, sender, conversation, seq = self.unacked.popleft()
             if sender is not None:
                 upto[(sender, conversation)] = max(seq, upto.get((sender, conversation), 0))
-        now = _now()
+        now = _iso(datetime.now(UTC))
         for (sender, conversation), seq in upto.items():
             receipt = {
                 "type": "receipt",

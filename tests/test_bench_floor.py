@@ -10,29 +10,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from django.db import connections
 
 from apps.common import ids
 from apps.messaging.selectors import message_event
 from bench.load import connection as bench_connection
 from bench.population import make_pairs
 from bench.server import bench_env, daphne
+from tests.e2e.conftest import _database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def database_url() -> str:
-    db = connections["default"].settings_dict
-    if db["ENGINE"] != "django.db.backends.postgresql":
-        pytest.skip("the floor's daphne runs on Postgres (DATABASE_URL)")
-    return f"postgres://{db.get('USER') or 'postgres'}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
 @pytest.fixture
 def floor_url(tmp_path: Path):
     if not os.environ.get("REDIS_URL"):
         pytest.skip("the floor's daphne uses Redis for its channel layer (REDIS_URL)")
-    env = {**bench_env(), "DATABASE_URL": database_url()}
+    env = {**bench_env(), "DATABASE_URL": _database_url()}
     with daphne(env, tmp_path / "floor.log", app="bench.floor:application") as (url, _):
         yield url
 

@@ -58,8 +58,7 @@ class InboxConsumer(NoConnectionSweepMixin, PresenceSocketMixin, AsyncWebsocketC
             return
         metrics.SOCKETS.inc()
         self.counted = True
-        conf = settings.NATTER
-        self.window = conf["WINDOW"]
+        self.window = settings.NATTER["WINDOW"]
         self.group = device_group(self.device.id)
         self.opened_at = time.time_ns()
         self.pushed_cursor = 0
@@ -77,16 +76,7 @@ class InboxConsumer(NoConnectionSweepMixin, PresenceSocketMixin, AsyncWebsocketC
             self.group,
             {"type": "socket.takeover", "channel": self.channel_name, "opened_at": self.opened_at},
         )
-        await self.send_frame(
-            {
-                "type": "hello",
-                "user": self.device.user.public_id,
-                "device": self.device.public_id,
-                "heartbeat_s": conf["HEARTBEAT_S"],
-                "window": self.window,
-                "server_time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-            }
-        )
+        await self.send_frame(hello_frame(self.device))
         await self.presence_open()
         self.drain_target = await db_call(selectors.inbox_last_cursor)(device_id=self.device.id)
         await self.pump()
@@ -291,6 +281,19 @@ class InboxConsumer(NoConnectionSweepMixin, PresenceSocketMixin, AsyncWebsocketC
             self.errors.popleft()
         if len(self.errors) > settings.NATTER["ABUSE_ERRORS"]:
             await self.close(code=CLOSE_ABUSE)
+
+
+def hello_frame(device) -> dict:
+    """The first frame of a socket: who it is, and the heartbeat and window it gets."""
+    conf = settings.NATTER
+    return {
+        "type": "hello",
+        "user": device.user.public_id,
+        "device": device.public_id,
+        "heartbeat_s": conf["HEARTBEAT_S"],
+        "window": conf["WINDOW"],
+        "server_time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
 
 
 def parse_frame(text_data: str | None) -> tuple[dict, str | int | None]:
