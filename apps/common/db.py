@@ -140,13 +140,37 @@ class UnnestInsert:
     columns: dict[str, str]
     rows: list[tuple]
     skip_conflicts: bool = False
+    # (column, key, relation): `column` counts down from a value found in the same
+    # statement. `relation` (a WITH clause of it, with columns id and value) gives
+    # the value of each row's `key`; the row holds how far below it its own is.
+    # Rows whose key the relation lacks are not inserted.
+    numbered: tuple[str, str, str] | None = None
+    where: str = ""  # a condition on the rows, named k."<column>"
+    returning: str = ""
 
     def statement(self) -> tuple[str, list]:
         names = ", ".join(f'"{name}"' for name in self.columns)
         arrays = ", ".join(f"%s::{kind}[]" for kind in self.columns.values())
-        sql = f"INSERT INTO {self.model._meta.db_table} ({names}) SELECT * FROM unnest({arrays})"
+        table = self.model._meta.db_table
+        if not (self.numbered or self.where):
+            sql = f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"
+        else:
+            column, key, relation = self.numbered or (None, None, None)
+            values = ", ".join(
+                f'n.value - k."{name}"' if name == column else f'k."{name}"'
+                for name in self.columns
+            )
+            sql = (
+                f"INSERT INTO {table} ({names}) SELECT {values} FROM unnest({arrays}) AS k({names})"
+            )
+            if relation:
+                sql += f' JOIN {relation} AS n(id, value) ON n.id = k."{key}"'
+            if self.where:
+                sql += f" WHERE {self.where}"
         if self.skip_conflicts:
             sql += " ON CONFLICT DO NOTHING"
+        if self.returning:
+            sql += f" RETURNING {self.returning}"
         return sql, [
             pg_array(column, kind)
             for column, kind in zip(

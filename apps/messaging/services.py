@@ -6,6 +6,7 @@ after commit, so a client that hears a doorbell always finds the rows it announc
 
 import uuid
 from collections import Counter, defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -174,10 +175,10 @@ def message_send_many(*, requests: list[SendRequest]) -> list[SendResult | Natte
             results[i] = SendResult(original, duplicate=True)
         else:
             unsent.append(i)
-    direct, one_by_one, members = _direct_sends_checked(requests, unsent, results, chats)
+    direct, one_by_one = _direct_sends_checked(requests, unsent, results, chats)
     if direct:
         try:
-            for i, outcome in _direct_messages_store(requests, direct, members).items():
+            for i, outcome in _direct_messages_store(requests, direct, chats).items():
                 results[i] = outcome
         except IntegrityError:
             # A resend of one of them committed meanwhile (from another process):
@@ -232,17 +233,17 @@ _MESSAGES_BY_CLIENT_ID_SQL = f"""
         OFFSET 0
     ) m
 """
-# Current members of some conversations (an array of ids), each with the kind of
-# the conversation and, for a direct one, each keyed active device of the member.
+# Current members of some conversations (an array of ids), each with the kind and
+# last seq of the conversation and, for a direct one, each keyed active device of the member.
 # Looked up per conversation and per member (LATERAL ... OFFSET 0 keeps the planner
 # from flattening them into joins): flattened, the generic plan of the prepared
 # statement hashed whole scans of the conversation and device tables on every
 # send, and Postgres switched between it and a custom plan from run to run.
 _MEMBERS_AND_DEVICES_SQL = f"""
-    SELECT w.id, ms.user_id, ms.kind, d.id
+    SELECT w.id, ms.user_id, ms.kind, ms.last_seq, d.id
     FROM unnest({opaque_array("bigint")}) AS w(id)
     CROSS JOIN LATERAL (
-        SELECT m.user_id, c.kind FROM messaging_conversation c
+        SELECT m.user_id, c.kind, c.last_seq FROM messaging_conversation c
         JOIN messaging_membership m ON m.conversation_id = c.id AND m.left_seq IS NULL
         WHERE c.id = w.id
         OFFSET 0
@@ -261,7 +262,7 @@ def _client_id_keys(requests: list[SendRequest]) -> list[str]:
     return [pg_array(d for d, _ in keys), pg_array((c for _, c in keys), "uuid")]
 
 
-def _send_reads(requests: list[SendRequest]) -> tuple[dict, tuple[dict, dict, dict]]:
+def _send_reads(requests: list[SendRequest]) -> tuple[dict, "_Chats"]:
     """The earlier copies of these sends (`_messages_by_client_id`), and the members
     and devices of their conversations (`_members_and_devices`).
 
@@ -278,7 +279,7 @@ def _send_reads(requests: list[SendRequest]) -> tuple[dict, tuple[dict, dict, di
         cur.execute(
             f"""
             SELECT {", ".join(_MESSAGE_COLUMNS)},
-                   NULL::bigint, NULL::bigint, NULL::varchar, NULL::bigint
+                   NULL::bigint, NULL::bigint, NULL::varchar, NULL::bigint, NULL::bigint
             FROM ({_MESSAGES_BY_CLIENT_ID_SQL}) m
             UNION ALL
             SELECT {padding}, * FROM ({_MEMBERS_AND_DEVICES_SQL}) ms
@@ -314,16 +315,16 @@ def _messages_by_client_id(requests: list[SendRequest]) -> dict[tuple[int, uuid.
     }
 
 
-def _direct_sends_checked(requests, indexes, results, chats) -> tuple[list, list, dict]:
+def _direct_sends_checked(requests, indexes, results, chats: "_Chats") -> tuple[list, list]:
     """Check direct sends against members and device sets; set errors in `results`.
 
     `chats` are the members, kinds and devices of their conversations (from
-    `_send_reads`). Returns the direct sends that passed, the sends for the
-    one-at-a-time path (groups and media) and the members of each conversation.
+    `_send_reads`). Returns the direct sends that passed and the sends for the
+    one-at-a-time path (groups and media).
     """
     if not indexes:
-        return [], [], {}
-    members, kinds, devices_of = chats
+        return [], []
+    members, kinds, devices_of, _ = chats
     direct, one_by_one = [], []
     for i in indexes:
         request = requests[i]
@@ -342,12 +343,22 @@ def _direct_sends_checked(requests, indexes, results, chats) -> tuple[list, list
             results[i] = error
         else:
             passed.append(i)
-    return passed, one_by_one, members
+    return passed, one_by_one
 
 
-def _members_and_devices(conversation_ids: set[int]) -> tuple[dict, dict, dict]:
-    """Current members and kind of each conversation, and the keyed active devices of
-    the members of the direct ones (a group's devices are the fan-out's business)."""
+class _Chats(NamedTuple):
+    """What a send is checked against, per conversation id (per user for devices)."""
+
+    members: dict[int, set[int]]  # current members' user ids
+    kinds: dict[int, str]
+    devices_of: dict[int, set[int]]  # keyed active devices of direct chats' members
+    last_seqs: dict[int, int]  # the last seq when read: a reply to at most it is valid
+
+
+def _members_and_devices(conversation_ids: set[int]) -> _Chats:
+    """Current members, kind and last seq of each conversation, and the keyed active
+    devices of the members of the direct ones (a group's devices are the fan-out's
+    business)."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cur:
             cur.execute(_MEMBERS_AND_DEVICES_SQL, [pg_array(sorted(conversation_ids))])
@@ -355,13 +366,15 @@ def _members_and_devices(conversation_ids: set[int]) -> tuple[dict, dict, dict]:
     members: dict[int, set[int]] = defaultdict(set)
     kinds: dict[int, str] = {}
     devices_of: dict[int, set[int]] = defaultdict(set)
-    for conversation_id, user_id, kind in (
+    last_seqs: dict[int, int] = {}
+    for conversation_id, user_id, kind, last_seq in (
         Membership.objects.current()
         .filter(conversation_id__in=conversation_ids)
-        .values_list("conversation_id", "user_id", "conversation__kind")
+        .values_list("conversation_id", "user_id", "conversation__kind", "conversation__last_seq")
     ):
         members[conversation_id].add(user_id)
         kinds[conversation_id] = kind
+        last_seqs[conversation_id] = last_seq
     direct_users = {
         u for c, users in members.items() if kinds[c] == Conversation.Kind.DIRECT for u in users
     }
@@ -371,20 +384,19 @@ def _members_and_devices(conversation_ids: set[int]) -> tuple[dict, dict, dict]:
         .values_list("id", "user_id")
     ):
         devices_of[user_id].add(device_id)
-    return members, kinds, devices_of
+    return _Chats(members, kinds, devices_of, last_seqs)
 
 
-def _members_and_devices_of_rows(rows) -> tuple[dict, dict, dict]:
-    """Members, kinds and devices from (conversation, user, kind, device or None) rows."""
-    members: dict[int, set[int]] = defaultdict(set)
-    kinds: dict[int, str] = {}
-    devices_of: dict[int, set[int]] = defaultdict(set)
-    for conversation_id, user_id, kind, device_id in rows:
-        members[conversation_id].add(user_id)
-        kinds[conversation_id] = kind
+def _members_and_devices_of_rows(rows) -> _Chats:
+    """`_Chats` from (conversation, user, kind, last seq, device or None) rows."""
+    chats = _Chats(defaultdict(set), {}, defaultdict(set), {})
+    for conversation_id, user_id, kind, last_seq, device_id in rows:
+        chats.members[conversation_id].add(user_id)
+        chats.kinds[conversation_id] = kind
+        chats.last_seqs[conversation_id] = last_seq
         if device_id is not None:
-            devices_of[user_id].add(device_id)
-    return members, kinds, devices_of
+            chats.devices_of[user_id].add(device_id)
+    return chats
 
 
 def _direct_send_check(request: SendRequest, members: set[int], devices_of: dict) -> None:
@@ -410,12 +422,21 @@ def _direct_send_check(request: SendRequest, members: set[int], devices_of: dict
 
 
 @retry_on_deadlock
-def _direct_messages_store(requests, indexes, members) -> dict[int, SendResult | NatterError]:
+def _direct_messages_store(requests, indexes, chats: _Chats) -> dict[int, SendResult | NatterError]:
     """Write checked direct sends in one transaction; seqs in request order per chat.
 
     A reply naming a seq not below its own is refused and the rest written again
-    without it, so seqs stay gapless.
+    without it, so seqs stay gapless. When every reply names a seq that existed
+    when the chats were read (so below any seq the send can get), Postgres writes
+    the sends with one statement (`_direct_messages_write_at_once`).
     """
+    members = chats.members
+    if connection.vendor == "postgresql" and all(
+        requests[i].reply_to_seq is None
+        or requests[i].reply_to_seq <= chats.last_seqs[requests[i].conversation_id]
+        for i in indexes
+    ):
+        return _direct_messages_write_at_once(requests, indexes, members)
     refused: dict[int, SendResult | NatterError] = {}
     while indexes:
         bad = []
@@ -452,6 +473,86 @@ def _direct_messages_store(requests, indexes, members) -> dict[int, SendResult |
             )
         indexes = [i for i in indexes if i not in refused]
     return refused
+
+
+def _direct_messages_write_at_once(requests, indexes, members) -> dict[int, SendResult | NotMember]:
+    """Reserve the seqs and inbox cursors of direct sends and insert their messages,
+    inbox rows and receipts, all in one statement, committed by itself.
+
+    A transaction of its own took four round trips (BEGIN, the reservation, the
+    inserts, COMMIT), and a process's next batch of sends waited for all four:
+    4.7 ms of a 7.9 ms batch at 500 msgs/s, for 0.6 ms of Postgres's work. Each
+    row's seq or cursor is computed in the statement from the reserved last value
+    and how far below it the row is. What changed since the sends were checked
+    drops only what it concerns: a device revoked meanwhile has no cursor and gets
+    no row; a chat deleted meanwhile has no seq, so its messages, their rows and
+    receipts are not inserted and its sends get NotMember. A resend that committed
+    elsewhere breaks the client id's constraint and rolls the statement back.
+    """
+    messages = [_message_new(requests[i], seq=0) for i in indexes]
+    seqs_back, counts = _countdown([m.conversation_id for m in messages])
+    rows = [
+        row
+        for i, message in zip(indexes, messages, strict=True)
+        for row in _pairwise_rows(message, requests[i].ciphertexts)
+    ]
+    cursors_back, device_counts = _countdown([r.device_id for r in rows])
+    receipts = [
+        (m.id, u) for m in messages for u in members[m.conversation_id] if u != m.sender_user_id
+    ]
+    stored = 'k."message_id" IN (SELECT id FROM inserted0)'  # the messages inserted
+    # In a test's transaction, a savepoint: an IntegrityError must not abort it.
+    with transaction.atomic() if connection.in_atomic_block else nullcontext():
+        last, cursors = _counters_reserve(
+            _conversation_seqs(counts),
+            _device_cursors(device_counts),
+            along=(
+                _messages_unnest(messages, seqs=seqs_back, numbered=("seq", "conversation_id")),
+                UnnestInsert(
+                    Receipt, {"message_id": "bigint", "user_id": "bigint"}, receipts, where=stored
+                ),
+                _inbox_unnest(
+                    rows,
+                    list(enumerate(cursors_back)),
+                    [None] * len(rows),
+                    numbered=("cursor", "device_id"),
+                    where=stored,
+                ),
+            ),
+        )
+    gone = {m.id for m in messages if m.conversation_id not in last}
+    for message, back in zip(messages, seqs_back, strict=True):
+        if message.id not in gone:
+            message.seq = last[message.conversation_id] - back
+    kept = [
+        (index, cursor)
+        for index, cursor in _inbox_numbered(rows, cursors, device_counts)
+        if rows[index].message_id not in gone
+    ]
+    by_id = {m.id: m for m in messages}
+    events.ring_doorbells_on_commit(
+        device_ids={rows[index].device_id for index, _ in kept},
+        # With rows missing (a deleted chat's), the devices read their inboxes.
+        carried={}
+        if gone
+        else _carried(rows, kept, cursors, device_counts, by_id, [None] * len(rows)),
+    )
+    return {
+        i: NotMember() if m.id in gone else SendResult(m, duplicate=False)
+        for i, m in zip(indexes, messages, strict=True)
+    }
+
+
+def _countdown(keys: list[int]) -> tuple[list[int], Counter]:
+    """How many later items share each item's key, and the count of each key: the
+    n items of a key numbered up to its reserved last value L get L - countdown."""
+    counts = Counter(keys)
+    seen: Counter = Counter()
+    back = []
+    for key in keys:
+        seen[key] += 1
+        back.append(counts[key] - seen[key])
+    return back, counts
 
 
 def _message_new(request: SendRequest, seq: int) -> Message:
@@ -505,8 +606,14 @@ def _pairwise_rows(message: Message, ciphertexts: list[Ciphertext]) -> list["Inb
     ]
 
 
-def _messages_unnest(messages: list[Message]) -> UnnestInsert:
+def _messages_unnest(
+    messages: list[Message], *, seqs: list[int] | None = None, numbered=None
+) -> UnnestInsert:
+    """The insert of `messages`, at their seqs or, `numbered` (UnnestInsert), at
+    `seqs` below the reserved last seq; then it returns the ids it inserted."""
     now = timezone.now()
+    if seqs is None:
+        seqs = [m.seq for m in messages]
     for m in messages:
         m.created_at = now
         m._state.adding = False  # saved with the statement, as bulk_create would mark them
@@ -528,7 +635,7 @@ def _messages_unnest(messages: list[Message]) -> UnnestInsert:
             (
                 m.id,
                 m.conversation_id,
-                m.seq,
+                seq,
                 m.sender_user_id,
                 m.sender_device_id,
                 m.client_id,
@@ -537,8 +644,10 @@ def _messages_unnest(messages: list[Message]) -> UnnestInsert:
                 False,
                 now,
             )
-            for m in messages
+            for m, seq in zip(messages, seqs, strict=True)
         ],
+        numbered=numbered and (*numbered, "updated0"),
+        returning="id" if numbered else "",
     )
 
 
@@ -595,7 +704,7 @@ def _message_send_one(request: SendRequest) -> SendResult:
 
 def _message_store(request: SendRequest) -> Message:
     sender_device, conversation_id = request.sender_device, request.conversation_id
-    members_of, kinds, devices_of = _members_and_devices({conversation_id})
+    members_of, kinds, devices_of, _ = _members_and_devices({conversation_id})
     members = members_of[conversation_id]
     if sender_device.user_id not in members:
         raise NotMember()
@@ -900,7 +1009,13 @@ def _inbox_numbered(
 
 
 def _inbox_unnest(
-    rows: list[InboxRow], kept, payloads: list[str | None], *, skip_conflicts: bool = False
+    rows: list[InboxRow],
+    kept,
+    payloads: list[str | None],
+    *,
+    skip_conflicts: bool = False,
+    numbered=None,
+    where: str = "",
 ) -> UnnestInsert:
     now = timezone.now()
     return UnnestInsert(
@@ -920,6 +1035,8 @@ def _inbox_unnest(
             for index, cursor in kept
         ],
         skip_conflicts,
+        numbered=numbered and (*numbered, "updated1"),
+        where=where,
     )
 
 
@@ -964,16 +1081,21 @@ class _Counters:
         return f", {self.also_set}" if self.also_set else ""
 
 
-def _counters_reserve(*reservations: _Counters) -> list[dict[int, int]]:
+def _counters_reserve(
+    *reservations: _Counters, along: tuple[UnnestInsert, ...] = ()
+) -> list[dict[int, int]]:
     """Make each reservation, in order; return the new values of each one's rows.
 
-    On Postgres one statement for all of them. Locks are taken in id order so two
+    On Postgres one statement for all of them, and for the inserts `along` (after
+    the reservations): one numbered from the n-th reservation names `updated{n}`. Locks are taken in id order so two
     writers never deadlock, and are FOR NO KEY UPDATE: the foreign keys of rows
     inserted elsewhere are checked at commit (they are deferred) with KEY SHARE
     locks on these rows, which a FOR UPDATE would block out of order (deadlocks seen
     between a batch of sends and a batch of acks under load).
     """
     if connection.vendor != "postgresql":
+        if along:
+            raise ValueError("`along` inserts need Postgres.")
         return [_counters_reserve_sqlite(r) for r in reservations]
     parts, selects, params = [], [], []
     for n, r in enumerate(reservations):
@@ -998,6 +1120,10 @@ def _counters_reserve(*reservations: _Counters) -> list[dict[int, int]]:
         selects.append(f"SELECT {n}, * FROM updated{n}")
         ids = pg_array(row_ids)
         params += [ids, pg_array(r.counts[i] for i in row_ids), ids, *r.also_params]
+    for n, insert in enumerate(i for i in along if i.rows):
+        sql, insert_params = insert.statement()
+        parts.append(f"inserted{n} AS ({sql})")
+        params += insert_params
     results: list[dict[int, int]] = [{} for _ in reservations]
     with connection.cursor() as cur:
         cur.execute(f"WITH {','.join(parts)} {' UNION ALL '.join(selects)}", params)

@@ -3,13 +3,13 @@
 import uuid
 
 import pytest
-from django.db import connection
+from django.db import IntegrityError, connection
 from django.test.utils import CaptureQueriesContext
 
 from apps.common.errors import BadRequest, DeviceMismatch, NotMember
 from apps.groups import services as groups
 from apps.messaging import services
-from apps.messaging.models import Message, Receipt
+from apps.messaging.models import Conversation, InboxEntry, Message, Receipt
 from tests.messaging.helpers import events_of, send
 
 pytestmark = pytest.mark.django_db
@@ -44,10 +44,10 @@ def test_a_burst_of_direct_sends_costs_the_queries_of_one_send(chats):
     burst = [request(a1, c, [b1]) for a1, b1, c in chats for _ in range(6)]
     with CaptureQueriesContext(connection) as queries:
         results = services.message_send_many(requests=burst)
-    # dedupe check with the members and their devices, seqs with cursors, one
-    # statement for the messages, inbox rows and receipts, and the savepoint pair:
-    # the same 5 as one send (test_send_query_count_is_pinned).
-    assert len(queries) == 5, [q["sql"] for q in queries]
+    # dedupe check with the members and their devices, then one statement for the
+    # seqs, cursors, messages, inbox rows and receipts, in the test's transaction
+    # within a savepoint: the same 4 as one send (test_send_query_count_is_pinned).
+    assert len(queries) == 4, [q["sql"] for q in queries]
     assert all(isinstance(r, services.SendResult) and not r.duplicate for r in results)
     for _, b1, conversation in chats:
         seqs = [
@@ -132,3 +132,75 @@ def test_a_group_resend_that_raced_past_the_duplicate_check_gets_the_original(ch
     again = services._message_send_one(send)
     assert again.duplicate and again.message.id == original.message.id
     assert Message.objects.filter(conversation=group, client_id=send.client_id).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_outside_a_transaction_is_one_read_and_one_write(people):
+    a, b = people.user(), people.user()
+    a1, b1, b2 = people.device(a), people.device(b), people.device(b)
+    conversation, _ = services.conversation_direct_get_or_create(user=a, other_user_id=b.id)
+    send(a1, conversation, [b1, b2])
+    burst = [request(a1, conversation, [b1, b2], reply_to_seq=1) for _ in range(3)]
+    with CaptureQueriesContext(connection) as queries:
+        results = services.message_send_many(requests=burst)
+    # No BEGIN, no COMMIT: the write commits by itself (a reply to a seq that
+    # existed at the read takes this path too).
+    assert len(queries) == 2, [q["sql"] for q in queries]
+    assert [r.message.seq for r in results] == [2, 3, 4]
+    conversation.refresh_from_db()
+    assert conversation.last_seq == 4
+    for device in (b1, b2):
+        assert [e["seq"] for e in events_of(device, "message")] == [1, 2, 3, 4]
+        rows = InboxEntry.objects.filter(device=device, type="message").order_by("cursor")
+        cursors = list(rows.values_list("cursor", flat=True))
+        assert cursors == list(range(cursors[0], cursors[0] + 4))  # one each, in order
+    assert Receipt.objects.filter(message__conversation=conversation, user=b).count() == 4
+    stored = Message.objects.get(id=results[1].message.id)
+    assert (stored.seq, stored.reply_to_seq, stored.sender_device_id) == (3, 1, a1.id)
+
+
+def test_a_device_revoked_after_the_check_gets_no_row_and_the_others_theirs(chats, people):
+    a1, b1, conversation = chats[0]
+    b2 = people.device(b1.user)
+    send(a1, conversation, [b1, b2])
+    burst = [request(a1, conversation, [b1, b2]) for _ in range(2)]
+    b2.revoked_at = b2.created_at
+    b2.save(update_fields=["revoked_at"])
+    results = services._direct_messages_write_at_once(
+        burst, [0, 1], {conversation.id: {a1.user_id, b1.user_id}}
+    )
+    assert [r.message.seq for r in results.values()] == [2, 3]
+    assert [e["seq"] for e in events_of(b1, "message")] == [1, 2, 3]
+    assert InboxEntry.objects.filter(device=b2).count() == 1  # only the one sent before
+
+
+def test_a_write_that_breaks_a_constraint_leaves_nothing_behind(chats):
+    a1, b1, conversation = chats[0]
+    earlier = send(a1, conversation, [b1])
+    fresh = request(a1, conversation, [b1])
+    resent = request(a1, conversation, [b1], client_id=earlier.message.client_id)
+    members = {conversation.id: {a1.user_id, b1.user_id}}
+    # As if the resend had committed elsewhere after this batch's duplicate check.
+    with pytest.raises(IntegrityError):
+        services._direct_messages_write_at_once([fresh, resent], [0, 1], members)
+    conversation.refresh_from_db()
+    assert conversation.last_seq == 1  # the reserved seqs were given back
+    assert not Message.objects.filter(client_id=fresh.client_id).exists()
+    assert [e["seq"] for e in events_of(b1, "message")] == [1]
+    # The batch's fallback stores the fresh one and finds the resend's original.
+    fresh_result, resent_result = services.message_send_many(requests=[fresh, resent])
+    assert fresh_result.message.seq == 2 and not fresh_result.duplicate
+    assert resent_result.duplicate and resent_result.message.id == earlier.message.id
+
+
+def test_a_chat_deleted_after_the_check_refuses_only_its_own_sends(chats):
+    (a1, b1, doomed_chat), (a2, b2, other_chat) = chats[:2]
+    members = {c.id: {a.user_id, b.user_id} for a, b, c in chats[:2]}
+    doomed, fine = request(a1, doomed_chat, [b1]), request(a2, other_chat, [b2])
+    Conversation.objects.filter(id=doomed_chat.id).delete()
+    results = services._direct_messages_write_at_once([doomed, fine], [0, 1], members)
+    assert isinstance(results[0], NotMember)
+    assert results[1].message.seq == 1
+    assert not Message.objects.filter(client_id=doomed.client_id).exists()
+    assert not InboxEntry.objects.filter(device=b1, type="message").exists()
+    assert [e["seq"] for e in events_of(b2, "message")] == [1]
