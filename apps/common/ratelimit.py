@@ -64,12 +64,34 @@ def rate_limit_hit(
     message: str | None = None,
 ) -> None:
     """Take a token of `key`'s bucket in `scope`; raise RateLimited when it is empty."""
-    plan = _plan(scope, key, limit, period_s, burst)
-    if plan is None:
-        return
+    (refused,) = rate_limit_hit_many(
+        scope=scope, keys=[key], limit=limit, period_s=period_s, burst=burst, message=message
+    )
+    if refused is not None:
+        raise refused
+
+
+def rate_limit_hit_many(
+    *,
+    scope: str,
+    keys: list[str],
+    limit: float,
+    period_s: float,
+    burst: int | None = None,
+    message: str | None = None,
+) -> list[RateLimited | None]:
+    """Take a token of each key's bucket, in order: the RateLimited refusing each, or None.
+
+    One Redis round trip for all of them (a batch of sends, one hit per send): a
+    hit each was a round trip each, one after the other, on the batch that every
+    waiting send of the process sits behind. A key given twice takes two tokens.
+    """
+    plans = [_plan(scope, key, limit, period_s, burst) for key in keys]
+    if not keys or plans[0] is None:
+        return [None] * len(keys)
     client = sync_client()
-    wait_ms = _local_hit(*plan) if client is None else _redis_hit(client, *plan)
-    _raise_if_waiting(scope, wait_ms, message)
+    waits = [_local_hit(*p) for p in plans] if client is None else _redis_hits(client, plans)
+    return [_refusal(scope, wait_ms, message) for wait_ms in waits]
 
 
 async def arate_limit_hit(
@@ -87,7 +109,9 @@ async def arate_limit_hit(
         return
     client = async_client()
     wait_ms = _local_hit(*plan) if client is None else await _aredis_hit(client, *plan)
-    _raise_if_waiting(scope, wait_ms, message)
+    refused = _refusal(scope, wait_ms, message)
+    if refused is not None:
+        raise refused
 
 
 # --- The limits on new connections per client address -----------------------------
@@ -157,25 +181,42 @@ def _plan(scope, key, limit, period_s, burst) -> tuple[str, float, int] | None:
     return cache.make_key(f"rl:{scope}:{key}"), interval_us, burst
 
 
-def _raise_if_waiting(scope: str, wait_ms: int, message: str | None) -> None:
-    if wait_ms > 0:
-        raise RateLimited(
-            message or f"Too many requests for {scope}; retry later.",
-            retry_after=max(1, math.ceil(wait_ms / 1000)),
-        )
+def _refusal(scope: str, wait_ms: int, message: str | None) -> RateLimited | None:
+    if wait_ms <= 0:
+        return None
+    return RateLimited(
+        message or f"Too many requests for {scope}; retry later.",
+        retry_after=max(1, math.ceil(wait_ms / 1000)),
+    )
 
 
-def _redis_hit(client, key: str, interval_us: float, burst: int) -> int:
+def _redis_hits(client, plans: list[tuple[str, float, int]]) -> list[int]:
+    """Run the script once per plan, in order, in one pipelined round trip."""
     global _sha
     from redis.exceptions import NoScriptError
 
     if _sha is None:
         _sha = client.script_load(_GCRA)
-    try:
-        return int(client.evalsha(_sha, 1, key, repr(interval_us), burst))
-    except NoScriptError:  # Redis restarted, or its script cache was flushed
+    results = _evalsha_each(client, plans)
+    # Redis restarted, or its script cache was flushed: a hit that found no script
+    # took no token, so only those run again.
+    missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+    if missing:
         _sha = client.script_load(_GCRA)
-        return int(client.evalsha(_sha, 1, key, repr(interval_us), burst))
+        again = _evalsha_each(client, [plans[i] for i in missing])
+        for i, result in zip(missing, again, strict=True):
+            results[i] = result
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return [int(result) for result in results]
+
+
+def _evalsha_each(client, plans) -> list:
+    pipe = client.pipeline(transaction=False)
+    for key, interval_us, burst in plans:
+        pipe.evalsha(_sha, 1, key, repr(interval_us), burst)
+    return pipe.execute(raise_on_error=False)
 
 
 async def _aredis_hit(client, key: str, interval_us: float, burst: int) -> int:

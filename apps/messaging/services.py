@@ -28,7 +28,7 @@ from apps.common.db import (
     retry_on_deadlock,
 )
 from apps.common.errors import BadRequest, DeviceMismatch, NatterError, NotFound, NotMember
-from apps.common.ratelimit import rate_limit_hit
+from apps.common.ratelimit import rate_limit_hit_many
 from apps.messaging import delivery, events, selectors
 from apps.messaging.models import Conversation, InboxEntry, Membership, Message, Receipt
 
@@ -156,17 +156,17 @@ def message_send_many(*, requests: list[SendRequest]) -> list[SendResult | Natte
     """
     results: list[SendResult | NatterError | None] = [None] * len(requests)
     first_of: dict[tuple[int, uuid.UUID], int] = {}
-    fresh: list[int] = []
     for i, request in enumerate(requests):
-        if request.key in first_of:
-            continue  # the same send twice in one burst: it repeats the first's outcome
-        first_of[request.key] = i
-        try:
-            _send_rate_limit_hit(request.sender_device)
-        except NatterError as error:
-            results[i] = error
-            continue
-        fresh.append(i)
+        # The same send twice in one burst: it repeats the first's outcome.
+        first_of.setdefault(request.key, i)
+    firsts = sorted(first_of.values())
+    fresh: list[int] = []
+    hits = _send_rate_limit_hits([requests[i] for i in firsts])
+    for i, refused in zip(firsts, hits, strict=True):
+        if refused is None:
+            fresh.append(i)
+        else:
+            results[i] = refused
     originals, chats = _send_reads([requests[i] for i in fresh])
     unsent = []
     for i in fresh:
@@ -196,10 +196,11 @@ def message_send_many(*, requests: list[SendRequest]) -> list[SendResult | Natte
     return results
 
 
-def _send_rate_limit_hit(device: Device) -> None:
-    rate_limit_hit(
+def _send_rate_limit_hits(requests: list[SendRequest]) -> list[NatterError | None]:
+    """A token of the sender device's send bucket per send, in order: one Redis call."""
+    return rate_limit_hit_many(
         scope="send",
-        key=str(device.id),
+        keys=[str(r.sender_device.id) for r in requests],
         limit=settings.NATTER["SEND_RATE"],
         period_s=1,
         burst=settings.NATTER["SEND_BURST"],

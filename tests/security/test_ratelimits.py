@@ -97,6 +97,37 @@ def test_the_embedded_fallback_counts_the_same_way(settings):
     assert results.count(None) == 4
 
 
+def test_hits_of_several_keys_in_one_call_count_as_one_at_a_time():
+    a, b = uuid.uuid4().hex, uuid.uuid4().hex
+    limit = {"scope": "t", "limit": 1, "period_s": 60, "burst": 2}
+    results = ratelimit.rate_limit_hit_many(keys=[a, a, b, a, b, b], **limit)
+    assert [r is None for r in results] == [True, True, True, False, True, False]
+    assert all(r.extra["retry_after"] >= 1 for r in results if r is not None)
+    with pytest.raises(RateLimited):  # the buckets are the single hit's buckets
+        ratelimit.rate_limit_hit(key=a, **limit)
+
+
+def test_hits_in_one_call_find_the_script_again_after_redis_lost_it():
+    assert django_settings.REDIS_URL, "this test is about the Redis buckets"
+    key = uuid.uuid4().hex
+    limit = {"scope": "t", "limit": 1, "period_s": 60, "burst": 2}
+    ratelimit.rate_limit_hit_many(keys=[key], **limit)
+    rediscache.sync_client().script_flush()  # as after a Redis restart
+    results = ratelimit.rate_limit_hit_many(keys=[key, key], **limit)
+    # The hits that found no script took no token: run again, they count once.
+    assert [r is None for r in results] == [True, False]
+
+
+def test_hits_in_one_call_count_the_same_on_the_embedded_fallback(settings):
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    assert rediscache.sync_client() is None
+    key = uuid.uuid4().hex
+    results = ratelimit.rate_limit_hit_many(
+        scope="t", keys=[key] * 4, limit=1, period_s=60, burst=3
+    )
+    assert [r is None for r in results] == [True, True, True, False]
+
+
 def test_rate_limits_off_turns_every_limit_off(settings):
     settings.NATTER = {**settings.NATTER, "RATE_LIMITS": False}
     key = uuid.uuid4().hex
@@ -156,6 +187,37 @@ def test_rest_send_over_the_limit_is_429_with_retry_after_and_nothing_stored(peo
     error = answers[2].json()["error"]
     assert error["code"] == "rate_limited" and error["retry_after"] >= 1
     assert answers[2]["Retry-After"] == str(error["retry_after"])
+    assert Message.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_a_burst_of_sends_over_the_limit_refuses_only_the_sends_past_it(people, settings):
+    from apps.messaging import services
+    from apps.messaging.models import Message
+
+    settings.NATTER = {**settings.NATTER, "SEND_RATE": 1, "SEND_BURST": 2}
+    alice, bob = people.user(), people.user()
+    a1, b1 = people.device(alice), people.device(bob)
+    conversation, _ = services.conversation_direct_get_or_create(user=alice, other_user_id=bob.id)
+    requests = [
+        services.SendRequest(
+            sender_device=a1,
+            conversation_id=conversation.id,
+            client_id=uuid.uuid4(),
+            kind="text",
+            ciphertexts=[services.Ciphertext(b1.id, "message", b"x")],
+        )
+        for _ in range(3)
+    ]
+    requests.insert(1, requests[0])  # the same send twice takes one token
+    results = services.message_send_many(requests=requests)
+    assert [type(r).__name__ for r in results] == [
+        "SendResult",
+        "SendResult",
+        "SendResult",
+        "RateLimited",
+    ]
+    assert results[1].duplicate and results[1].message.id == results[0].message.id
     assert Message.objects.count() == 2
 
 
