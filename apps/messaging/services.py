@@ -492,15 +492,11 @@ def _direct_messages_write_at_once(requests, indexes, members) -> dict[int, Send
     """
     messages = [_message_new(requests[i], seq=0) for i in indexes]
     seqs_back, counts = _countdown([m.conversation_id for m in messages])
-    rows = [
-        row
-        for i, message in zip(indexes, messages, strict=True)
-        for row in _pairwise_rows(message, requests[i].ciphertexts)
-    ]
+    rows, receipts = _rows_and_receipts(requests, indexes, messages, members)
     cursors_back, device_counts = _countdown([r.device_id for r in rows])
-    receipts = [
-        (m.id, u) for m in messages for u in members[m.conversation_id] if u != m.sender_user_id
-    ]
+    payloads = [None] * len(rows)  # a message's rows carry its ciphertext, no payload
+    # The names are _counters_reserve's: the seqs are the first reservation
+    # (updated0), the cursors the second (updated1), the messages the first insert.
     stored = 'k."message_id" IN (SELECT id FROM inserted0)'  # the messages inserted
     # In a test's transaction, a savepoint: an IntegrityError must not abort it.
     with transaction.atomic() if connection.in_atomic_block else nullcontext():
@@ -508,15 +504,18 @@ def _direct_messages_write_at_once(requests, indexes, members) -> dict[int, Send
             _conversation_seqs(counts),
             _device_cursors(device_counts),
             along=(
-                _messages_unnest(messages, seqs=seqs_back, numbered=("seq", "conversation_id")),
-                UnnestInsert(
-                    Receipt, {"message_id": "bigint", "user_id": "bigint"}, receipts, where=stored
+                _messages_unnest(
+                    messages,
+                    seqs=seqs_back,
+                    numbered=("seq", "conversation_id", "updated0"),
+                    returning="id",
                 ),
+                _receipts_unnest(receipts, where=stored),
                 _inbox_unnest(
                     rows,
                     list(enumerate(cursors_back)),
-                    [None] * len(rows),
-                    numbered=("cursor", "device_id"),
+                    payloads,
+                    numbered=("cursor", "device_id", "updated1"),
                     where=stored,
                 ),
             ),
@@ -534,9 +533,7 @@ def _direct_messages_write_at_once(requests, indexes, members) -> dict[int, Send
     events.ring_doorbells_on_commit(
         device_ids={rows[index].device_id for index, _ in kept},
         # With rows missing (a deleted chat's), the devices read their inboxes.
-        carried={}
-        if gone
-        else _carried(rows, kept, cursors, device_counts, by_id, [None] * len(rows)),
+        carried={} if gone else _carried(rows, kept, cursors, device_counts, by_id, payloads),
     )
     return {
         i: NotMember() if m.id in gone else SendResult(m, duplicate=False)
@@ -576,12 +573,7 @@ def _messages_write(requests, indexes, messages: list[Message], members, cursors
     insert cost a round trip each on the batch that every waiting send of the
     process sits behind.
     """
-    rows, receipts = [], []
-    for i, message in zip(indexes, messages, strict=True):
-        rows += _pairwise_rows(message, requests[i].ciphertexts)
-        receipts += [
-            (message.id, u) for u in members[message.conversation_id] if u != message.sender_user_id
-        ]
+    rows, receipts = _rows_and_receipts(requests, indexes, messages, members)
     by_id = {m.id: m for m in messages}
     if connection.vendor != "postgresql":
         Message.objects.bulk_create(messages)
@@ -592,10 +584,28 @@ def _messages_write(requests, indexes, messages: list[Message], members, cursors
         rows,
         along=(
             _messages_unnest(messages),
-            UnnestInsert(Receipt, {"message_id": "bigint", "user_id": "bigint"}, receipts),
+            _receipts_unnest(receipts),
         ),
         messages=by_id,
         reserved=cursors,
+    )
+
+
+def _rows_and_receipts(requests, indexes, messages: list[Message], members) -> tuple[list, list]:
+    """The inbox rows of direct messages (`_pairwise_rows`) and their receipts: a
+    (message, user) pair per current member other than the sender."""
+    rows, receipts = [], []
+    for i, message in zip(indexes, messages, strict=True):
+        rows += _pairwise_rows(message, requests[i].ciphertexts)
+        receipts += [
+            (message.id, u) for u in members[message.conversation_id] if u != message.sender_user_id
+        ]
+    return rows, receipts
+
+
+def _receipts_unnest(receipts: list[tuple[int, int]], *, where: str = "") -> UnnestInsert:
+    return UnnestInsert(
+        Receipt, {"message_id": "bigint", "user_id": "bigint"}, receipts, where=where
     )
 
 
@@ -608,10 +618,14 @@ def _pairwise_rows(message: Message, ciphertexts: list[Ciphertext]) -> list["Inb
 
 
 def _messages_unnest(
-    messages: list[Message], *, seqs: list[int] | None = None, numbered=None
+    messages: list[Message],
+    *,
+    seqs: list[int] | None = None,
+    numbered: tuple[str, str, str] | None = None,
+    returning: str = "",
 ) -> UnnestInsert:
-    """The insert of `messages`, at their seqs or, `numbered` (UnnestInsert), at
-    `seqs` below the reserved last seq; then it returns the ids it inserted."""
+    """The insert of `messages`, at their seqs or, `numbered` (see UnnestInsert), at
+    `seqs` below the reserved last seq."""
     now = timezone.now()
     if seqs is None:
         seqs = [m.seq for m in messages]
@@ -647,8 +661,8 @@ def _messages_unnest(
             )
             for m, seq in zip(messages, seqs, strict=True)
         ],
-        numbered=numbered and (*numbered, "updated0"),
-        returning="id" if numbered else "",
+        numbered=numbered,
+        returning=returning,
     )
 
 
@@ -1015,7 +1029,7 @@ def _inbox_unnest(
     payloads: list[str | None],
     *,
     skip_conflicts: bool = False,
-    numbered=None,
+    numbered: tuple[str, str, str] | None = None,
     where: str = "",
 ) -> UnnestInsert:
     now = timezone.now()
@@ -1036,7 +1050,7 @@ def _inbox_unnest(
             for index, cursor in kept
         ],
         skip_conflicts,
-        numbered=numbered and (*numbered, "updated1"),
+        numbered=numbered,
         where=where,
     )
 
@@ -1088,8 +1102,9 @@ def _counters_reserve(
     """Make each reservation, in order; return the new values of each one's rows.
 
     On Postgres one statement for all of them, and for the inserts `along` (after
-    the reservations): one numbered from the n-th reservation names `updated{n}`. Locks are taken in id order so two
-    writers never deadlock, and are FOR NO KEY UPDATE: the foreign keys of rows
+    the reservations, the n-th named `inserted{n}`; the n-th reservation's rows are
+    `updated{n}`, for an insert numbered from them). Locks are taken in id order so
+    two writers never deadlock, and are FOR NO KEY UPDATE: the foreign keys of rows
     inserted elsewhere are checked at commit (they are deferred) with KEY SHARE
     locks on these rows, which a FOR UPDATE would block out of order (deadlocks seen
     between a batch of sends and a batch of acks under load).
