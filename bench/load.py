@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import uvloop
 
 from bench.population import analyze, make_devices, make_pairs, setup_django
-from bench.server import bench_env, daphne, proc_stats
+from bench.server import bench_env, daphne, machine_busy, postgres_cpu_s, proc_stats
 from natter_client.transport import WebSocketConnection
 
 BODY = 100
@@ -61,7 +61,8 @@ def cpu_self() -> float:
 
 
 class Meter:
-    """CPU of the server processes and of this generator over a measured interval."""
+    """CPU of the server processes, of this generator, of Postgres and of the whole
+    machine over a measured interval."""
 
     def __init__(self, pids: list[int]):
         self.pids = pids
@@ -70,15 +71,38 @@ class Meter:
         self.t0 = time.perf_counter()
         self.server0 = [proc_stats(p)["cpu_s"] for p in self.pids]
         self.self0 = cpu_self()
+        self.postgres0 = postgres_cpu_s()
+        self.machine0 = machine_busy()
         return self
 
     def __exit__(self, *exc):
         self.elapsed = time.perf_counter() - self.t0
-        self.server_cpu = [
-            round(100 * (proc_stats(p)["cpu_s"] - c) / self.elapsed, 1)
-            for p, c in zip(self.pids, self.server0, strict=True)
+        server_s = [
+            proc_stats(p)["cpu_s"] - c for p, c in zip(self.pids, self.server0, strict=True)
         ]
-        self.generator_cpu = round(100 * (cpu_self() - self.self0) / self.elapsed, 1)
+        self.server_cpu = [round(100 * s / self.elapsed, 1) for s in server_s]
+        generator_s = cpu_self() - self.self0
+        self.generator_cpu = round(100 * generator_s / self.elapsed, 1)
+        postgres1 = postgres_cpu_s()
+        postgres_s = None if None in (self.postgres0, postgres1) else postgres1 - self.postgres0
+        self.postgres_cpu = (
+            None if postgres_s is None else round(100 * postgres_s / self.elapsed, 1)
+        )
+        (busy0, total0), (busy1, total1) = self.machine0, machine_busy()
+        cpus = os.cpu_count() or 1
+        self.machine_busy = round(100 * cpus * (busy1 - busy0) / max(1, total1 - total0), 1)
+        self.cpu_s = {"server": sum(server_s), "generator": generator_s, "postgres": postgres_s}
+
+    def per_message(self, messages: int) -> dict:
+        """CPU milliseconds per message, by whom: comparable across runs at the same
+        rate where latency, which is mostly queueing near saturation, is not."""
+        if not messages:
+            return {}
+        return {
+            f"{who}_cpu_ms_per_msg": round(1000 * s / messages, 3)
+            for who, s in self.cpu_s.items()
+            if s is not None
+        }
 
 
 def percentiles(values: list[float], points=(("p50", 0.5), ("p95", 0.95), ("p99", 0.99))) -> dict:
@@ -225,6 +249,9 @@ async def pairs_traffic(urls, pids, pairs, *, window, seconds, warmup, rate=None
         **arrivals.figures(),
         "server_cpu_pct": meter.server_cpu,
         "generator_cpu_pct": meter.generator_cpu,
+        "postgres_cpu_pct": meter.postgres_cpu,
+        "machine_busy_pct": meter.machine_busy,
+        **meter.per_message(delivered[0]),
         "seconds": round(meter.elapsed, 1),
     }
 

@@ -124,6 +124,38 @@ def proc_stats(pid: int) -> dict:
     }
 
 
+def postgres_cpu_s() -> float | None:
+    """CPU seconds of every Postgres process on this machine (backends, writers), or
+    None when /proc does not show them to us.
+
+    Postgres shares the machine with the server and the generator; its share is
+    part of what a message costs. Backends that exit between two readings take
+    their seconds with them, so read it where the pool keeps its connections open.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, seen = 0, False
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        total += int(stat[11]) + int(stat[12])
+        seen = True
+    return total / ticks if seen else None
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
 @contextlib.contextmanager
 def celery_worker(env: dict, log_path: Path, concurrency: int = 2):
     """Start one Celery worker for the benchmark server; stop it afterwards."""
