@@ -43,7 +43,7 @@ def test_a_login_storm_against_a_live_server_is_held_to_the_bucket(natter_server
     assert refused.json()["error"]["code"] == "rate_limited"
 
 
-def test_concurrent_key_claims_against_a_live_server_let_exactly_the_limit_through(
+def test_concurrent_key_claims_against_a_live_server_let_only_the_bucket_through(
     natter_server,
 ):
     url = natter_server.url
@@ -69,6 +69,12 @@ def test_concurrent_key_claims_against_a_live_server_let_exactly_the_limit_throu
         ).status_code
 
     # Ten at a time: as many as the live server has database connections (DB_POOL_MAX).
+    # The bucket refills one claim every 60 / limit seconds; on a slow machine the
+    # burst outlasts that (31 of 40 got through in one run), so what refilled
+    # meanwhile may get through too, and nothing more.
+    started = time.monotonic()
     with ThreadPoolExecutor(max_workers=10) as pool:
         codes = list(pool.map(claim, range(limit + 10)))
-    assert codes.count(200) == limit and codes.count(429) == 10
+    refilled = int((time.monotonic() - started) / (60 / limit))
+    assert codes.count(200) + codes.count(429) == len(codes)
+    assert limit <= codes.count(200) <= limit + refilled

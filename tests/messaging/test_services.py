@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from apps.common.errors import BadRequest, DeviceMismatch, NotMember
 from apps.messaging import services
-from apps.messaging.models import InboxEntry, Message, Receipt
+from apps.messaging.models import InboxEntry, Membership, Message, Receipt
 from tests.messaging.helpers import events_of, inbox, send
 
 pytestmark = pytest.mark.django_db
@@ -133,6 +133,54 @@ def test_delivered_up_to_waits_for_a_message_only_an_offline_device_holds(chat, 
     services.inbox_ack(device=b1, cursor=inbox(b1)[-1]["cursor"])
     (receipt,) = events_of(a1, "receipt")
     assert receipt["up_to_seq"] == 2
+
+
+def test_an_ack_counts_its_own_receipts_delivered_and_stops_below_the_next_pending(chat):
+    # The watermark stops below the first receipt still pending, and counts the ones
+    # this very ack turned delivered as delivered.
+    alice, bob, a1, a2, b1, b2, conversation = chat
+    for _ in range(3):
+        send(a1, conversation, [a2, b1, b2])
+    services.inbox_ack(device=b1, cursor=inbox(b1)[1]["cursor"])  # seqs 1 and 2
+    assert [r["up_to_seq"] for r in events_of(a1, "receipt")] == [2]
+    assert Membership.objects.get(conversation=conversation, user=bob).delivered_seq == 2
+    services.inbox_ack(device=b2, cursor=inbox(b2)[-1]["cursor"])  # seq 3 too
+    assert [r["up_to_seq"] for r in events_of(a1, "receipt")] == [2, 3]
+    assert Receipt.objects.filter(delivered_at__isnull=True).count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_devices_acking_at_once_deliver_everything_once(people):
+    alice, bob = people.user(), people.user()
+    a1, b1, b2 = people.device(alice), people.device(bob), people.device(bob)
+    conversation, _ = services.conversation_direct_get_or_create(user=alice, other_user_id=bob.id)
+    InboxEntry.objects.filter(device__in=[a1, b1, b2]).delete()
+    for _ in range(30):
+        send(a1, conversation, [b1, b2])
+    start, errors = threading.Barrier(2), []
+
+    def acker(device):
+        try:
+            cursors = [i["cursor"] for i in inbox(device)]
+            start.wait(timeout=10)
+            for n in range(2, len(cursors), 3):
+                services.inbox_ack(device=device, cursor=cursors[n])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=acker, args=(d,)) for d in (b1, b2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert Receipt.objects.filter(delivered_at__isnull=True).count() == 0
+    assert InboxEntry.objects.filter(device__in=[b1, b2]).count() == 0
+    assert Membership.objects.get(conversation=conversation, user=bob).delivered_seq == 30
+    seqs = [r["up_to_seq"] for r in events_of(a1, "receipt")]
+    assert seqs == sorted(set(seqs)) and seqs[-1] == 30  # each range told once, in order
 
 
 def test_read_moves_pointer_and_sends_one_batched_read_receipt(chat):
