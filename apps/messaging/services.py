@@ -1274,7 +1274,8 @@ def _mark_delivered(acked: dict[int, set[int]], *, with_group_body: set[int]) ->
     touched: dict[int, set[int]] = defaultdict(set)
     for user_id, conversation_id in _receipts_deliver(acked, at=now):
         touched[user_id].add(conversation_id)
-    _advance_delivered(touched, at=now)
+    # On Postgres _receipts_deliver locked the memberships already.
+    _advance_delivered(touched, at=now, locked=connection.vendor == "postgresql")
 
 
 def _receipts_deliver(acked: dict[int, set[int]], *, at: datetime) -> list[tuple[int, int]]:
@@ -1282,6 +1283,15 @@ def _receipts_deliver(acked: dict[int, set[int]], *, at: datetime) -> list[tuple
 
     The rows are locked in id order, so two processes never deadlock; one that
     another device of the same user just delivered is skipped.
+
+    On Postgres the same statement then locks the memberships of those users in
+    those conversations (id order, after the receipts, as before), for the
+    watermark that `_delivered_watermark_inputs` reads next. Locked there, that
+    read starts after every other ack of theirs has committed, and sees its
+    receipts delivered. Locked by the read itself, its snapshot was taken before
+    the wait: two devices of a user delivering different messages of a chat at
+    once each saw the other's receipt pending, both stopped below it, and the
+    sender was not told "delivered" until a later message.
     """
     pairs = sorted((u, m) for u, messages in acked.items() for m in messages)
     if connection.vendor == "postgresql":
@@ -1295,11 +1305,22 @@ def _receipts_deliver(acked: dict[int, set[int]], *, at: datetime) -> list[tuple
                                SELECT * FROM unnest({opaque_array()}, {opaque_array()}))
                            AND r.delivered_at IS NULL
                          ORDER BY r.id FOR NO KEY UPDATE OF r
+                     ),
+                     delivered AS (
+                         UPDATE messaging_receipt r SET delivered_at = %s
+                         FROM locked l, messaging_message m
+                         WHERE r.id = l.id AND m.id = r.message_id
+                         RETURNING r.user_id, m.conversation_id
+                     ),
+                     members AS (
+                         SELECT ms.id FROM messaging_membership ms
+                         WHERE (ms.user_id, ms.conversation_id) IN (
+                             SELECT user_id, conversation_id FROM delivered)
+                         ORDER BY ms.id FOR NO KEY UPDATE
                      )
-                UPDATE messaging_receipt r SET delivered_at = %s
-                FROM locked l, messaging_message m
-                WHERE r.id = l.id AND m.id = r.message_id
-                RETURNING r.user_id, m.conversation_id
+                -- count(*) reads every row of `members`: each membership is locked.
+                SELECT d.user_id, d.conversation_id
+                FROM delivered d CROSS JOIN (SELECT count(*) FROM members) held
                 """,
                 [
                     pg_array(sorted({m for _, m in pairs})),
@@ -1327,16 +1348,21 @@ def _receipts_deliver(acked: dict[int, set[int]], *, at: datetime) -> list[tuple
     return [(user_id, conversation_id) for _, user_id, conversation_id in fresh]
 
 
-def _advance_delivered(touched: dict[int, set[int]], *, at: datetime) -> None:
+def _advance_delivered(touched: dict[int, set[int]], *, at: datetime, locked: bool = False) -> None:
     """Move members' delivered watermarks and tell the senders they passed.
 
     The watermark is the highest seq below which nothing sent to this member is
     still on its way, so a batched "delivered up to N" never claims a message a
     device of theirs has not acked (one that only an offline device holds, say).
     `touched` maps a user to the conversations whose receipts just changed.
+    Unless they are `locked` already, their memberships are locked first, by a
+    statement of their own, so the read of the watermark's inputs sees every
+    other change of their receipts committed (see `_receipts_deliver`).
     """
     if not touched:
         return
+    if not locked and connection.vendor == "postgresql":
+        _memberships_lock(touched)
     advanced = {}
     moved = []
     for (
@@ -1367,6 +1393,21 @@ def _advance_delivered(touched: dict[int, set[int]], *, at: datetime) -> None:
     _receipt_notify(status="delivered", ranges=advanced, at=at)
 
 
+def _memberships_lock(touched: dict[int, set[int]]) -> None:
+    """Lock the memberships of these users in these conversations, in id order."""
+    keys = sorted((u, c) for u, conversations in touched.items() for c in conversations)
+    with connection.cursor() as cur:
+        cur.execute(
+            f"""
+            SELECT ms.id FROM messaging_membership ms
+            WHERE (ms.user_id, ms.conversation_id) IN (
+                SELECT * FROM unnest({opaque_array()}, {opaque_array()}))
+            ORDER BY ms.id FOR NO KEY UPDATE
+            """,
+            [pg_array(u for u, _ in keys), pg_array(c for _, c in keys)],
+        )
+
+
 def _delivered_watermark_inputs(touched: dict[int, set[int]]) -> list[tuple]:
     """Lock the touched memberships (id order); return for each (membership id, user,
     conversation, delivered_seq, the conversation's last_seq, the seq of the member's
@@ -1374,7 +1415,9 @@ def _delivered_watermark_inputs(touched: dict[int, set[int]]) -> list[tuple]:
     keys = sorted((u, c) for u, conversations in touched.items() for c in conversations)
     if connection.vendor == "postgresql":
         # One statement, so last_seq and the pending receipts are read from the same
-        # snapshot: a message committed meanwhile is in neither.
+        # snapshot: a message committed meanwhile is in neither. After an ack the
+        # memberships are already locked (`_receipts_deliver`), and locking them again
+        # here costs nothing.
         with connection.cursor() as cur:
             cur.execute(
                 f"""

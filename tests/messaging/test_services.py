@@ -1,11 +1,13 @@
 """The send / ack / read / expire services against Postgres."""
 
 import threading
+import time
 import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import connection, connections
+from django.conf import settings
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -181,6 +183,127 @@ def test_two_devices_acking_at_once_deliver_everything_once(people):
     assert Membership.objects.get(conversation=conversation, user=bob).delivered_seq == 30
     seqs = [r["up_to_seq"] for r in events_of(a1, "receipt")]
     assert seqs == sorted(set(seqs)) and seqs[-1] == 30  # each range told once, in order
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_devices_delivering_different_messages_at_once_move_the_watermark_past_both(
+    people,
+):
+    # b1 got seq 1 alone (b2 came later); b1 acks seq 1 while b2 acks seq 2. Each
+    # ack finds the other's receipt pending until the other commits: the second to
+    # lock the membership must read the first pending seq after the first commits,
+    # or it stops below seq 1's receipt, the first stops below seq 2's, and the
+    # sender never hears "delivered up to 2".
+    alice, bob = people.user(), people.user()
+    a1, b1 = people.device(alice), people.device(bob)
+    conversation, _ = services.conversation_direct_get_or_create(user=alice, other_user_id=bob.id)
+    send(a1, conversation, [b1])  # seq 1
+    b2 = people.device(bob)
+    send(a1, conversation, [b1, b2])  # seq 2
+    InboxEntry.objects.filter(type="device").delete()
+    first_seq1 = inbox(b1)[0]["cursor"]
+    only_seq2 = inbox(b2)[0]["cursor"]
+    first_holds, errors = threading.Event(), []
+    release_first = threading.Event()
+
+    def first():
+        try:
+            with transaction.atomic():  # held open until the second one waits
+                services.inbox_ack(device=b1, cursor=first_seq1)
+                first_holds.set()
+                assert release_first.wait(timeout=20)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def second():
+        try:
+            assert first_holds.wait(timeout=20)
+            services.inbox_ack(device=b2, cursor=only_seq2)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    assert first_holds.wait(timeout=20)
+    _wait_for_a_lock_wait()
+    release_first.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    assert Receipt.objects.filter(delivered_at__isnull=True).count() == 0
+    assert Membership.objects.get(conversation=conversation, user=bob).delivered_seq == 2
+    assert [r["up_to_seq"] for r in events_of(a1, "receipt")][-1] == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_expiry_and_an_ack_at_once_move_the_watermark_past_both(people):
+    # Seq 1 reached only b1, which never acks it; past retention it expires while b2
+    # acks seq 2. The expiry waits for the ack's lock on the membership, and must
+    # read the first pending seq after the ack commits, or it stops below seq 2.
+    alice, bob = people.user(), people.user()
+    a1, b1 = people.device(alice), people.device(bob)
+    conversation, _ = services.conversation_direct_get_or_create(user=alice, other_user_id=bob.id)
+    old = send(a1, conversation, [b1]).message  # seq 1
+    b2 = people.device(bob)
+    send(a1, conversation, [b1, b2])  # seq 2
+    InboxEntry.objects.filter(type="device").delete()
+    long_ago = timezone.now() - timedelta(days=settings.NATTER["RETENTION_DAYS"] + 1)
+    Message.objects.filter(id=old.id).update(created_at=long_ago)
+    InboxEntry.objects.filter(message_id=old.id).update(created_at=long_ago)
+    ack_holds, release_ack, errors = threading.Event(), threading.Event(), []
+
+    def ack():
+        try:
+            with transaction.atomic():  # held open until the expiry waits
+                services.inbox_ack(device=b2, cursor=inbox(b2)[0]["cursor"])
+                ack_holds.set()
+                assert release_ack.wait(timeout=20)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def expire():
+        try:
+            assert ack_holds.wait(timeout=20)
+            services.inbox_expire()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=ack), threading.Thread(target=expire)]
+    for t in threads:
+        t.start()
+    assert ack_holds.wait(timeout=20)
+    _wait_for_a_lock_wait()
+    release_ack.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    assert Membership.objects.get(conversation=conversation, user=bob).delivered_seq == 2
+    receipts = [(r["status"], r["up_to_seq"]) for r in events_of(a1, "receipt")]
+    assert ("expired", 1) in receipts and receipts[-1] == ("delivered", 2)
+
+
+def _wait_for_a_lock_wait(timeout: float = 20) -> None:
+    """Until some backend of this database waits for a row lock."""
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cur:
+        while time.monotonic() < deadline:
+            cur.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if cur.fetchone()[0]:
+                return
+            time.sleep(0.02)
+    raise AssertionError("no backend waited for a lock")
 
 
 def test_read_moves_pointer_and_sends_one_batched_read_receipt(chat):
