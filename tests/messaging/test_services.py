@@ -1,20 +1,19 @@
 """The send / ack / read / expire services against Postgres."""
 
 import threading
-import time
 import uuid
 from datetime import timedelta
 
 import pytest
 from django.conf import settings
-from django.db import connection, connections, transaction
+from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apps.common.errors import BadRequest, DeviceMismatch, NotMember
 from apps.messaging import services
 from apps.messaging.models import InboxEntry, Membership, Message, Receipt
-from tests.messaging.helpers import events_of, inbox, send
+from tests.messaging.helpers import events_of, inbox, run_in_threads, run_interleaved, send
 
 pytestmark = pytest.mark.django_db
 
@@ -159,25 +158,15 @@ def test_two_devices_acking_at_once_deliver_everything_once(people):
     InboxEntry.objects.filter(device__in=[a1, b1, b2]).delete()
     for _ in range(30):
         send(a1, conversation, [b1, b2])
-    start, errors = threading.Barrier(2), []
+    start = threading.Barrier(2)
 
     def acker(device):
-        try:
-            cursors = [i["cursor"] for i in inbox(device)]
-            start.wait(timeout=10)
-            for n in range(2, len(cursors), 3):
-                services.inbox_ack(device=device, cursor=cursors[n])
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        cursors = [i["cursor"] for i in inbox(device)]
+        start.wait(timeout=10)
+        for n in range(2, len(cursors), 3):
+            services.inbox_ack(device=device, cursor=cursors[n])
 
-    threads = [threading.Thread(target=acker, args=(d,)) for d in (b1, b2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert errors == []
+    run_in_threads(lambda: acker(b1), lambda: acker(b2))
     assert Receipt.objects.filter(delivered_at__isnull=True).count() == 0
     assert InboxEntry.objects.filter(device__in=[b1, b2]).count() == 0
     assert Membership.objects.get(conversation=conversation, user=bob).delivered_seq == 30
@@ -203,38 +192,10 @@ def test_two_devices_delivering_different_messages_at_once_move_the_watermark_pa
     InboxEntry.objects.filter(type="device").delete()
     first_seq1 = inbox(b1)[0]["cursor"]
     only_seq2 = inbox(b2)[0]["cursor"]
-    first_holds, errors = threading.Event(), []
-    release_first = threading.Event()
-
-    def first():
-        try:
-            with transaction.atomic():  # held open until the second one waits
-                services.inbox_ack(device=b1, cursor=first_seq1)
-                first_holds.set()
-                assert release_first.wait(timeout=20)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    def second():
-        try:
-            assert first_holds.wait(timeout=20)
-            services.inbox_ack(device=b2, cursor=only_seq2)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for t in threads:
-        t.start()
-    assert first_holds.wait(timeout=20)
-    _wait_for_a_lock_wait()
-    release_first.set()
-    for t in threads:
-        t.join(timeout=30)
-    assert errors == []
+    run_interleaved(
+        lambda: services.inbox_ack(device=b1, cursor=first_seq1),
+        lambda: services.inbox_ack(device=b2, cursor=only_seq2),
+    )
     assert Receipt.objects.filter(delivered_at__isnull=True).count() == 0
     assert Membership.objects.get(conversation=conversation, user=bob).delivered_seq == 2
     assert [r["up_to_seq"] for r in events_of(a1, "receipt")][-1] == 2
@@ -255,55 +216,14 @@ def test_an_expiry_and_an_ack_at_once_move_the_watermark_past_both(people):
     long_ago = timezone.now() - timedelta(days=settings.NATTER["RETENTION_DAYS"] + 1)
     Message.objects.filter(id=old.id).update(created_at=long_ago)
     InboxEntry.objects.filter(message_id=old.id).update(created_at=long_ago)
-    ack_holds, release_ack, errors = threading.Event(), threading.Event(), []
-
-    def ack():
-        try:
-            with transaction.atomic():  # held open until the expiry waits
-                services.inbox_ack(device=b2, cursor=inbox(b2)[0]["cursor"])
-                ack_holds.set()
-                assert release_ack.wait(timeout=20)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    def expire():
-        try:
-            assert ack_holds.wait(timeout=20)
-            services.inbox_expire()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=ack), threading.Thread(target=expire)]
-    for t in threads:
-        t.start()
-    assert ack_holds.wait(timeout=20)
-    _wait_for_a_lock_wait()
-    release_ack.set()
-    for t in threads:
-        t.join(timeout=30)
-    assert errors == []
+    only_seq2 = inbox(b2)[0]["cursor"]
+    run_interleaved(
+        lambda: services.inbox_ack(device=b2, cursor=only_seq2),
+        services.inbox_expire,
+    )
     assert Membership.objects.get(conversation=conversation, user=bob).delivered_seq == 2
     receipts = [(r["status"], r["up_to_seq"]) for r in events_of(a1, "receipt")]
     assert ("expired", 1) in receipts and receipts[-1] == ("delivered", 2)
-
-
-def _wait_for_a_lock_wait(timeout: float = 20) -> None:
-    """Until some backend of this database waits for a row lock."""
-    deadline = time.monotonic() + timeout
-    with connection.cursor() as cur:
-        while time.monotonic() < deadline:
-            cur.execute(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            if cur.fetchone()[0]:
-                return
-            time.sleep(0.02)
-    raise AssertionError("no backend waited for a lock")
 
 
 def test_read_moves_pointer_and_sends_one_batched_read_receipt(chat):
