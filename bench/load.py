@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import uvloop
 
 from bench.population import analyze, make_devices, make_pairs, setup_django
-from bench.server import bench_env, daphne, machine_busy, postgres_cpu_s, proc_stats
+from bench.server import bench_env, cpu_jiffies, daphne, postgres_cpu_s, proc_stats
 from natter_client.transport import WebSocketConnection
 
 BODY = 100
@@ -72,7 +72,7 @@ class Meter:
         self.server0 = [proc_stats(p)["cpu_s"] for p in self.pids]
         self.self0 = cpu_self()
         self.postgres0 = postgres_cpu_s()
-        self.machine0 = machine_busy()
+        self.machine0 = cpu_jiffies()
         return self
 
     def __exit__(self, *exc):
@@ -88,7 +88,7 @@ class Meter:
         self.postgres_cpu = (
             None if postgres_s is None else round(100 * postgres_s / self.elapsed, 1)
         )
-        (busy0, total0), (busy1, total1) = self.machine0, machine_busy()
+        (busy0, total0), (busy1, total1) = self.machine0, cpu_jiffies()
         cpus = os.cpu_count() or 1
         self.machine_busy = round(100 * cpus * (busy1 - busy0) / max(1, total1 - total0), 1)
         self.cpu_s = {"server": sum(server_s), "generator": generator_s, "postgres": postgres_s}

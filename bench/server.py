@@ -148,7 +148,7 @@ def postgres_cpu_s() -> float | None:
     return total / ticks if seen else None
 
 
-def machine_busy() -> tuple[int, int]:
+def cpu_jiffies() -> tuple[int, int]:
     """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle, iowait

@@ -1355,14 +1355,10 @@ def _advance_delivered(touched: dict[int, set[int]], *, at: datetime, locked: bo
     still on its way, so a batched "delivered up to N" never claims a message a
     device of theirs has not acked (one that only an offline device holds, say).
     `touched` maps a user to the conversations whose receipts just changed.
-    Unless they are `locked` already, their memberships are locked first, by a
-    statement of their own, so the read of the watermark's inputs sees every
-    other change of their receipts committed (see `_receipts_deliver`).
+    `locked`: their memberships are locked already (see `_delivered_watermark_inputs`).
     """
     if not touched:
         return
-    if not locked and connection.vendor == "postgresql":
-        _memberships_lock(touched)
     advanced = {}
     moved = []
     for (
@@ -1372,7 +1368,7 @@ def _advance_delivered(touched: dict[int, set[int]], *, at: datetime, locked: bo
         delivered_seq,
         last,
         pending,
-    ) in _delivered_watermark_inputs(touched):
+    ) in _delivered_watermark_inputs(touched, locked=locked):
         watermark = last if pending is None else min(last, pending - 1)
         if watermark > delivered_seq:
             advanced[(user_id, conversation_id)] = (delivered_seq, watermark)
@@ -1393,32 +1389,35 @@ def _advance_delivered(touched: dict[int, set[int]], *, at: datetime, locked: bo
     _receipt_notify(status="delivered", ranges=advanced, at=at)
 
 
-def _memberships_lock(touched: dict[int, set[int]]) -> None:
-    """Lock the memberships of these users in these conversations, in id order."""
-    keys = sorted((u, c) for u, conversations in touched.items() for c in conversations)
-    with connection.cursor() as cur:
-        cur.execute(
-            f"""
-            SELECT ms.id FROM messaging_membership ms
-            WHERE (ms.user_id, ms.conversation_id) IN (
-                SELECT * FROM unnest({opaque_array()}, {opaque_array()}))
-            ORDER BY ms.id FOR NO KEY UPDATE
-            """,
-            [pg_array(u for u, _ in keys), pg_array(c for _, c in keys)],
-        )
-
-
-def _delivered_watermark_inputs(touched: dict[int, set[int]]) -> list[tuple]:
+def _delivered_watermark_inputs(
+    touched: dict[int, set[int]], *, locked: bool = False
+) -> list[tuple]:
     """Lock the touched memberships (id order); return for each (membership id, user,
     conversation, delivered_seq, the conversation's last_seq, the seq of the member's
-    first message still pending there or None)."""
+    first message still pending there or None).
+
+    On Postgres, unless they are `locked` already (an ack's `_receipts_deliver`
+    does), the memberships are locked by a statement of their own before the read:
+    the read's snapshot then holds every other change of their receipts committed
+    while this one waited for the lock (see `_receipts_deliver`).
+    """
     keys = sorted((u, c) for u, conversations in touched.items() for c in conversations)
     if connection.vendor == "postgresql":
-        # One statement, so last_seq and the pending receipts are read from the same
-        # snapshot: a message committed meanwhile is in neither. After an ack the
-        # memberships are already locked (`_receipts_deliver`), and locking them again
-        # here costs nothing.
+        touched_sql = (
+            "(ms.user_id, ms.conversation_id) IN "
+            f"(SELECT * FROM unnest({opaque_array()}, {opaque_array()}))"
+        )
+        params = [pg_array(u for u, _ in keys), pg_array(c for _, c in keys)]
         with connection.cursor() as cur:
+            if not locked:
+                cur.execute(
+                    f"SELECT ms.id FROM messaging_membership ms WHERE {touched_sql} "
+                    "ORDER BY ms.id FOR NO KEY UPDATE",
+                    params,
+                )
+            # One statement, so last_seq and the pending receipts are read from the
+            # same snapshot: a message committed meanwhile is in neither. Locking the
+            # memberships again here costs nothing.
             cur.execute(
                 f"""
                 SELECT ms.id, ms.user_id, ms.conversation_id, ms.delivered_seq, c.last_seq,
@@ -1428,11 +1427,10 @@ def _delivered_watermark_inputs(touched: dict[int, set[int]]) -> list[tuple]:
                           AND r.delivered_at IS NULL AND r.expired_at IS NULL)
                 FROM messaging_membership ms
                 JOIN messaging_conversation c ON c.id = ms.conversation_id
-                WHERE (ms.user_id, ms.conversation_id) IN (
-                    SELECT * FROM unnest({opaque_array()}, {opaque_array()}))
+                WHERE {touched_sql}
                 ORDER BY ms.id FOR NO KEY UPDATE OF ms
                 """,
-                [pg_array(u for u, _ in keys), pg_array(c for _, c in keys)],
+                params,
             )
             return cur.fetchall()
     # last_seq is read (with the memberships) before the pending receipts: a message
