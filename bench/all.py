@@ -52,6 +52,16 @@ SCENARIOS = [
         "p99_ms",
         None,
     ),
+    # Not a target: the same again with each send stored (group-committed) before its
+    # ack and deleted on the recipient's ack, and nothing else (bench/floor_durable.py):
+    # about the least a durable server on this stack costs here.
+    (
+        "durable500",
+        "bench.load latency --rate 500 --pairs 100 --processes 2 --seconds 15 "
+        "--app bench.floor_durable:application",
+        "p99_ms",
+        None,
+    ),
     (
         "latency1000",
         "bench.load latency --rate 1000 --pairs 100 --processes 2 --seconds 15",

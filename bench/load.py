@@ -389,7 +389,8 @@ def main() -> None:
         "--app",
         default="config.asgi:application",
         help="the ASGI application the started servers run (bench.floor:application: "
-        "Natter's frames relayed with no work, the floor under its latency)",
+        "Natter's frames relayed with no work, the floor under its latency; "
+        "bench.floor_durable:application: the same, each send stored until acked)",
     )
     args = parser.parse_args()
 

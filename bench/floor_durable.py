@@ -1,0 +1,150 @@
+"""The durable floor: bench.floor's relay plus the least a store-and-forward must store.
+
+`bench.load --app bench.floor_durable:application` runs the generator against
+daphne processes serving this. It is bench/floor.py with two statements added, the
+least that the contract asks of a server that keeps messages until they are
+delivered (PROTOCOL: durable before the sender's ack, nothing left once delivered):
+
+- a send's recipient rows are inserted, in autocommit, before its ack is sent;
+- a recipient's ack deletes the rows it covers.
+
+Both go through Natter's own group commit (apps.messaging.batching), set as Natter
+sets it, so a burst of sends is one statement and one commit, as in Natter. No
+membership, device set, seq, receipt or watermark is kept or checked. What it
+measures is a latency that no durable server on this stack (daphne, Channels,
+psycopg, Postgres and the generator, all on this machine) goes much below here: a
+diagnostic, never a result against a target.
+"""
+
+import asyncio
+import base64
+import collections
+import os
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+django.setup()  # before the models are imported below
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.db import connection, transaction  # noqa: E402
+from django.urls import re_path  # noqa: E402
+
+from apps.common import ids  # noqa: E402
+from apps.common.asgi import SessionsForCookies  # noqa: E402
+from apps.common.db import db_call, pg_array  # noqa: E402
+from apps.messaging.batching import _Batcher as Batcher  # noqa: E402
+from bench.floor import FloorConsumer, natter_application  # noqa: E402
+
+TABLE = "bench_floor_inbox"
+
+
+@db_call
+def _create_table() -> None:
+    """Create the rows' table once; two processes starting at once take turns."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [TABLE])
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {TABLE} "
+            "(id bigserial PRIMARY KEY, device_id bigint NOT NULL, body bytea NOT NULL)"
+        )
+
+
+def _store_many(sends: list[list[tuple[int, bytes]]]) -> list[list[int]]:
+    """Each send's rows (recipient device, body), all inserted and committed at once.
+
+    Returns each send's row ids, in the order of its rows.
+    """
+    rows = [row for send in sends for row in send]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH r AS (
+                SELECT nextval(pg_get_serial_sequence('{TABLE}', 'id')) AS id, n, device, body
+                FROM unnest(%s::bigint[], %s::bytea[]) WITH ORDINALITY AS u(device, body, n)
+            ), stored AS (
+                INSERT INTO {TABLE} (id, device_id, body) SELECT id, device, body FROM r
+            )
+            SELECT id FROM r ORDER BY n
+            """,
+            [pg_array(device for device, _ in rows), [body for _, body in rows]],
+        )
+        ids_in_order = iter([row[0] for row in cursor.fetchall()])
+    return [[next(ids_in_order) for _ in send] for send in sends]
+
+
+def _delete_many(acks: list[list[int]]) -> list[None]:
+    """The rows each ack covers, all deleted and committed at once."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {TABLE} WHERE id = ANY(%s::bigint[])",
+            [pg_array(row_id for ack in acks for row_id in ack)],
+        )
+    return [None] * len(acks)
+
+
+_table_created = asyncio.Event()
+
+# Natter's own group commit (apps.messaging.batching), set as Natter sets it: sends
+# that arrive while one batch is written form the next (two at once under a flood),
+# acks wait ACK_GATHER_MS for company. Built on the process's loop at first use.
+_batchers: dict[str, Batcher] = {}
+
+
+def _batcher(kind: str) -> Batcher:
+    if not _batchers:
+        _batchers["send"] = Batcher(_store_many, lanes=2)
+        _batchers["ack"] = Batcher(_delete_many, gather_s=settings.NATTER["ACK_GATHER_MS"] / 1000)
+    return _batchers[kind]
+
+
+class DurableFloorConsumer(FloorConsumer):
+    """bench.floor's relay, with the send stored before its ack and deleted on the ack."""
+
+    async def connect(self):
+        if not _table_created.is_set():
+            await _create_table()
+            _table_created.set()
+        self.rows: collections.deque[tuple[int, int]] = collections.deque()  # (cursor, row)
+        await super().connect()
+
+    async def on_send(self, frame: dict, ref):
+        ciphertexts = frame["ciphertexts"]
+        self.pending_rows = collections.deque(
+            await _batcher("send").call(
+                [
+                    (ids.decode(ids.DEVICE, c["device"]), base64.b64decode(c["body"]))
+                    for c in ciphertexts
+                ]
+            )
+        )
+        await super().on_send(frame, ref)
+
+    async def relay(self, device_id: int, message: dict):
+        if message["event"]["type"] == "message":
+            message = {**message, "row": self.pending_rows.popleft()}
+        await super().relay(device_id, message)
+
+    async def floor_push(self, message: dict):
+        if "row" in message:
+            self.rows.append((self.cursor + 1, message["row"]))
+        await super().floor_push(message)
+
+    async def on_ack(self, cursor: int):
+        covered = []
+        while self.rows and self.rows[0][0] <= cursor:
+            covered.append(self.rows.popleft()[1])
+        if covered:
+            await _batcher("ack").call(covered)
+        await super().on_ack(cursor)
+
+
+application = ProtocolTypeRouter(
+    {
+        "http": natter_application.application_mapping["http"],
+        "websocket": SessionsForCookies(
+            URLRouter([re_path(r"^ws/v1/?$", DurableFloorConsumer.as_asgi())])
+        ),
+    }
+)
