@@ -5,7 +5,6 @@ the same client runs against it unchanged, and its events carry Natter's fields.
 """
 
 import asyncio
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,18 +14,14 @@ from apps.common import ids
 from apps.messaging.selectors import message_event
 from bench.load import connection as bench_connection
 from bench.population import make_pairs
-from bench.server import bench_env, daphne
-from tests.e2e.conftest import _database_url
+from tests.bench_apps import serving
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
 def floor_url(tmp_path: Path):
-    if not os.environ.get("REDIS_URL"):
-        pytest.skip("the floor's daphne uses Redis for its channel layer (REDIS_URL)")
-    env = {**bench_env(), "DATABASE_URL": _database_url()}
-    with daphne(env, tmp_path / "floor.log", app="bench.floor:application") as (url, _):
+    with serving("bench.floor:application", tmp_path) as url:
         yield url
 
 

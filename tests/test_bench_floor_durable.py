@@ -5,7 +5,6 @@ Postgres before its ack comes back, and the recipient's ack deletes it.
 """
 
 import asyncio
-import os
 from pathlib import Path
 
 import psycopg
@@ -14,7 +13,7 @@ import pytest
 from bench.floor_durable import TABLE
 from bench.load import connection as bench_connection
 from bench.population import make_pairs
-from bench.server import bench_env, daphne
+from tests.bench_apps import serving
 from tests.e2e.conftest import _database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,10 +21,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def durable_floor_url(tmp_path: Path):
-    if not os.environ.get("REDIS_URL"):
-        pytest.skip("the floor's daphne uses Redis for its channel layer (REDIS_URL)")
-    env = {**bench_env(), "DATABASE_URL": _database_url()}
-    with daphne(env, tmp_path / "floor.log", app="bench.floor_durable:application") as (url, _):
+    with serving("bench.floor_durable:application", tmp_path) as url:
         yield url
 
 

@@ -1,0 +1,20 @@
+"""A benchmark's own ASGI application (bench/floor.py and the like), served for a test."""
+
+import contextlib
+import os
+from pathlib import Path
+
+import pytest
+
+from bench.server import bench_env, daphne
+from tests.e2e.conftest import _database_url
+
+
+@contextlib.contextmanager
+def serving(app: str, tmp_path: Path):
+    """daphne serving `app` on the test database; yields its URL."""
+    if not os.environ.get("REDIS_URL"):
+        pytest.skip("the floors' daphne uses Redis for its channel layer (REDIS_URL)")
+    env = {**bench_env(), "DATABASE_URL": _database_url()}
+    with daphne(env, tmp_path / "server.log", app=app) as (url, _):
+        yield url
