@@ -10,7 +10,9 @@ delivered (PROTOCOL: durable before the sender's ack, nothing left once delivere
 
 Both go through Natter's own group commit (apps.messaging.batching), set as Natter
 sets it, so a burst of sends is one statement and one commit, as in Natter. No
-membership, device set, seq, receipt or watermark is kept or checked. What it
+membership, device set, seq, receipt or watermark is kept or checked, and nothing
+is pushed again: rows pushed to a socket that closes before acking them stay in
+the table (a floor, not a server). What it
 measures is a latency that no durable server on this stack (daphne, Channels,
 psycopg, Postgres and the generator, all on this machine) goes much below here: a
 diagnostic, never a result against a target.
