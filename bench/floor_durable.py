@@ -12,13 +12,13 @@ Both go through Natter's own group commit (apps.messaging.batching), set as Natt
 sets it, so a burst of sends is one statement and one commit, as in Natter. No
 membership, device set, seq, receipt or watermark is kept or checked, and nothing
 is pushed again: rows pushed to a socket that closes before acking them stay in
-the table (a floor, not a server). What it
-measures is a latency that no durable server on this stack (daphne, Channels,
-psycopg, Postgres and the generator, all on this machine) goes much below here: a
-diagnostic, never a result against a target.
+the table (a floor, not a server).
+
+What it measures is a latency that no durable server on this stack (daphne,
+Channels, psycopg, Postgres and the generator, all on this machine) goes much
+below here: a diagnostic, never a result against a target.
 """
 
-import asyncio
 import base64
 import collections
 import os
@@ -86,7 +86,7 @@ def _delete_many(acks: list[list[int]]) -> list[None]:
     return [None] * len(acks)
 
 
-_table_created = asyncio.Event()
+_table_created = False  # in this process
 
 # Natter's own group commit (apps.messaging.batching), set as Natter sets it: sends
 # that arrive while one batch is written form the next (two at once under a flood),
@@ -105,9 +105,10 @@ class DurableFloorConsumer(FloorConsumer):
     """bench.floor's relay, with the send stored before its ack and deleted on the ack."""
 
     async def connect(self):
-        if not _table_created.is_set():
+        global _table_created
+        if not _table_created:
             await _create_table()
-            _table_created.set()
+            _table_created = True
         self.rows: collections.deque[tuple[int, int]] = collections.deque()  # (cursor, row)
         await super().connect()
 
