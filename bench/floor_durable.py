@@ -90,15 +90,10 @@ _table_created = False  # in this process
 
 # Natter's own group commit (apps.messaging.batching), set as Natter sets it: sends
 # that arrive while one batch is written form the next (two at once under a flood),
-# acks wait ACK_GATHER_MS for company. Built on the process's loop at first use.
-_batchers: dict[str, Batcher] = {}
-
-
-def _batcher(kind: str) -> Batcher:
-    if not _batchers:
-        _batchers["send"] = Batcher(_store_many, lanes=2)
-        _batchers["ack"] = Batcher(_delete_many, gather_s=settings.NATTER["ACK_GATHER_MS"] / 1000)
-    return _batchers[kind]
+# acks wait ACK_GATHER_MS for company. A daphne process runs one event loop, so one
+# of each serves the process (Natter keeps them per loop for its tests' loops).
+_SENDS = Batcher(_store_many, lanes=2)
+_ACKS = Batcher(_delete_many, gather_s=settings.NATTER["ACK_GATHER_MS"] / 1000)
 
 
 class DurableFloorConsumer(FloorConsumer):
@@ -115,7 +110,7 @@ class DurableFloorConsumer(FloorConsumer):
     async def on_send(self, frame: dict, ref):
         ciphertexts = frame["ciphertexts"]
         self.pending_rows = collections.deque(
-            await _batcher("send").call(
+            await _SENDS.call(
                 [
                     (ids.decode(ids.DEVICE, c["device"]), base64.b64decode(c["body"]))
                     for c in ciphertexts
@@ -139,7 +134,7 @@ class DurableFloorConsumer(FloorConsumer):
         while self.rows and self.rows[0][0] <= cursor:
             covered.append(self.rows.popleft()[1])
         if covered:
-            await _batcher("ack").call(covered)
+            await _ACKS.call(covered)
         await super().on_ack(cursor)
 
 

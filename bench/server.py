@@ -110,17 +110,21 @@ def daphne(env: dict, log_path: Path, app: str = "config.asgi:application"):
                 proc.wait()
 
 
+def cpu_s(pid: int | str) -> float:
+    """CPU seconds (user and system) a process has used, from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_stats(pid: int) -> dict:
     """Threads, RSS and CPU seconds of a process, from /proc."""
     status = Path(f"/proc/{pid}/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
     return {
         "threads": int(fields["Threads"].strip()),
         "rss_kib": int(fields["VmRSS"].split()[0]),
         "peak_rss_kib": int(fields["VmHWM"].split()[0]),
-        "cpu_s": (int(stat[11]) + int(stat[12])) / ticks,
+        "cpu_s": cpu_s(pid),
     }
 
 
@@ -132,20 +136,18 @@ def postgres_cpu_s() -> float | None:
     part of what a message costs. Backends that exit between two readings take
     their seconds with them, so read it where the pool keeps its connections open.
     """
-    ticks = os.sysconf("SC_CLK_TCK")
-    total, seen = 0, False
+    total, seen = 0.0, False
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             if (entry / "comm").read_text().strip() != "postgres":
                 continue
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            total += cpu_s(entry.name)
         except OSError:  # gone meanwhile, or not ours to read
             continue
-        total += int(stat[11]) + int(stat[12])
         seen = True
-    return total / ticks if seen else None
+    return total if seen else None
 
 
 def cpu_jiffies() -> tuple[int, int]:
