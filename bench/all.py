@@ -62,6 +62,16 @@ SCENARIOS = [
         "p99_ms",
         None,
     ),
+    # Not a target: the durable floor plus the contract's `delivered` receipt stored
+    # as a row of the sender's device by the recipient's ack (bench/floor_receipts.py):
+    # Natter's writes for a direct message, none of its checks or bookkeeping.
+    (
+        "receipts500",
+        "bench.load latency --rate 500 --pairs 100 --processes 2 --seconds 15 "
+        "--app bench.floor_receipts:application",
+        "p99_ms",
+        None,
+    ),
     (
         "latency1000",
         "bench.load latency --rate 1000 --pairs 100 --processes 2 --seconds 15",

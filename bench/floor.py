@@ -128,22 +128,32 @@ class FloorConsumer(NoConnectionSweepMixin, AsyncWebsocketConsumer):
 
     async def on_ack(self, cursor: int):
         """Tell each sender, once per ack, up to which seq its messages arrived."""
+        for sender, receipt in self.receipts_upto(cursor):
+            await self.relay(sender, {"type": "floor.push", "event": receipt, "from_device": None})
+
+    def receipts_upto(self, cursor: int) -> list[tuple[int, dict]]:
+        """The `delivered` receipts an ack up to `cursor` owes: (sender device, event),
+        one per sender and conversation."""
         upto: dict[tuple[int, str], int] = {}
         while self.unacked and self.unacked[0][0] <= cursor:
             _, sender, conversation, seq = self.unacked.popleft()
             if sender is not None:
                 upto[(sender, conversation)] = max(seq, upto.get((sender, conversation), 0))
         now = _iso(datetime.now(UTC))
-        for (sender, conversation), seq in upto.items():
-            receipt = {
-                "type": "receipt",
-                "conversation": conversation,
-                "status": "delivered",
-                "by_user": self.user_public_id,
-                "up_to_seq": seq,
-                "at": now,
-            }
-            await self.relay(sender, {"type": "floor.push", "event": receipt, "from_device": None})
+        return [
+            (
+                sender,
+                {
+                    "type": "receipt",
+                    "conversation": conversation,
+                    "status": "delivered",
+                    "by_user": self.user_public_id,
+                    "up_to_seq": seq,
+                    "at": now,
+                },
+            )
+            for (sender, conversation), seq in upto.items()
+        ]
 
     async def relay(self, device_id: int, message: dict):
         socket = _SOCKETS.get(device_id)

@@ -130,12 +130,17 @@ class DurableFloorConsumer(FloorConsumer):
         await super().floor_push(message)
 
     async def on_ack(self, cursor: int):
-        covered = []
-        while self.rows and self.rows[0][0] <= cursor:
-            covered.append(self.rows.popleft()[1])
+        covered = self.rows_upto(cursor)
         if covered:
             await _ACKS.call(covered)
         await super().on_ack(cursor)
+
+    def rows_upto(self, cursor: int) -> list[int]:
+        """The stored rows of the events pushed up to `cursor`, which an ack covers."""
+        covered = []
+        while self.rows and self.rows[0][0] <= cursor:
+            covered.append(self.rows.popleft()[1])
+        return covered
 
 
 application = ProtocolTypeRouter(
