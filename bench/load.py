@@ -169,7 +169,8 @@ class Arrivals:
 
 
 async def pairs_traffic(urls, pids, pairs, *, window, seconds, warmup, rate=None) -> dict:
-    """Senders send to their receivers; receivers take and ack; count and time deliveries."""
+    """Senders send to their receivers; everyone takes and acks its events (receivers
+    the messages, senders their receipts); count and time deliveries."""
     senders = await open_all(urls, [s.token for s, _, _ in pairs])
     receivers = await open_all(urls, [r.token for _, r, _ in pairs])
     state = {"measuring": False, "stop": False}
@@ -218,7 +219,9 @@ async def pairs_traffic(urls, pids, pairs, *, window, seconds, warmup, rate=None
             k += 1
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    tasks = [asyncio.create_task(receive(c)) for c in receivers]
+    # Senders take their events too (the `delivered` receipts), as a client does: each
+    # is acked, and the server's work for a message includes the ack of its receipt.
+    tasks = [asyncio.create_task(receive(c)) for c in receivers + senders]
     triples = [(s, r.device_id, c) for s, (_, r, c) in zip(senders, pairs, strict=True)]
     if rate:
         tasks.append(asyncio.create_task(send_paced(triples, rate)))

@@ -13,8 +13,15 @@ from tests.e2e.conftest import _database_url
 @contextlib.contextmanager
 def serving(app: str, tmp_path: Path):
     """daphne serving `app` on the test database; yields its URL."""
+    with serving_process(app, tmp_path) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def serving_process(app: str, tmp_path: Path):
+    """daphne serving `app` on the test database; yields its URL and process id."""
     if not os.environ.get("REDIS_URL"):
         pytest.skip("the floors' daphne uses Redis for its channel layer (REDIS_URL)")
     env = {**bench_env(), "DATABASE_URL": _database_url()}
-    with daphne(env, tmp_path / "server.log", app=app) as (url, _):
-        yield url
+    with daphne(env, tmp_path / "server.log", app=app) as (url, pid):
+        yield url, pid

@@ -15,8 +15,9 @@ import pytest
 from apps.common import ids
 from bench.floor_durable import TABLE
 from bench.load import connection as bench_connection
+from bench.load import pairs_traffic
 from bench.population import make_pairs
-from tests.bench_apps import serving
+from tests.bench_apps import serving, serving_process
 from tests.e2e.conftest import _database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -70,3 +71,17 @@ def test_the_recipients_ack_stores_the_receipt_and_the_senders_ack_deletes_it(
     assert device_id == sender_device
     assert orjson.loads(body)["status"] == "delivered"
     assert after_the_senders_ack == []
+
+
+def test_the_generators_senders_ack_their_receipts(tmp_path: Path):
+    """bench.load's senders take their events as a client does, so the receipts they
+    are owed do not pile up in their inboxes while a benchmark runs."""
+    pairs = make_pairs(3, "acking")
+    with serving_process("bench.floor_receipts:application", tmp_path) as (url, pid):
+        result = asyncio.run(
+            pairs_traffic([url], [pid], pairs, window=1, seconds=1.5, warmup=0.5, rate=20)
+        )
+        left = stored_rows()
+    assert result["delivered_per_s"] > 0
+    # Only the rows of the last moments can be waiting for their ack.
+    assert len(left) <= 6, left
