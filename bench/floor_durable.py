@@ -53,16 +53,20 @@ def _create_table() -> None:
         )
 
 
-def _store_many(sends: list[list[tuple[int, bytes]]]) -> list[list[int]]:
-    """Each send's rows (recipient device, body), all inserted and committed at once.
+def store_rows(
+    groups: list[list[tuple[int, bytes]]], *, deleting: list[int] | None = None
+) -> list[list[int]]:
+    """Insert each group's rows (device, body) in one statement, committed at once,
+    after deleting the rows `deleting` names in the same statement if it is given.
 
-    Returns each send's row ids, in the order of its rows.
+    Returns each group's row ids, in the order of its rows.
     """
-    rows = [row for send in sends for row in send]
+    rows = [row for group in groups for row in group]
+    gone = f"gone AS (DELETE FROM {TABLE} WHERE id = ANY(%s::bigint[]))," if deleting else ""
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            WITH r AS (
+            WITH {gone} r AS (
                 SELECT nextval(pg_get_serial_sequence('{TABLE}', 'id')) AS id, n, device, body
                 FROM unnest(%s::bigint[], %s::bytea[]) WITH ORDINALITY AS u(device, body, n)
             ), stored AS (
@@ -70,10 +74,14 @@ def _store_many(sends: list[list[tuple[int, bytes]]]) -> list[list[int]]:
             )
             SELECT id FROM r ORDER BY n
             """,
-            [pg_array(device for device, _ in rows), [body for _, body in rows]],
+            [
+                *([pg_array(deleting)] if deleting else []),
+                pg_array(device for device, _ in rows),
+                [body for _, body in rows],
+            ],
         )
         ids_in_order = iter([row[0] for row in cursor.fetchall()])
-    return [[next(ids_in_order) for _ in send] for send in sends]
+    return [[next(ids_in_order) for _ in group] for group in groups]
 
 
 def _delete_many(acks: list[list[int]]) -> list[None]:
@@ -92,7 +100,7 @@ _table_created = False  # in this process
 # that arrive while one batch is written form the next (two at once under a flood),
 # acks wait ACK_GATHER_MS for company. A daphne process runs one event loop, so one
 # of each serves the process (Natter keeps them per loop for its tests' loops).
-_SENDS = Batcher(_store_many, lanes=2)
+_SENDS = Batcher(store_rows, lanes=2)  # each send's rows, ids back in order
 _ACKS = Batcher(_delete_many, gather_s=settings.NATTER["ACK_GATHER_MS"] / 1000)
 
 

@@ -26,15 +26,13 @@ django.setup()  # before the models are imported below
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
-from django.db import connection  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
 from apps.common import jsonutil  # noqa: E402
 from apps.common.asgi import SessionsForCookies  # noqa: E402
-from apps.common.db import pg_array  # noqa: E402
 from apps.messaging.batching import _Batcher as Batcher  # noqa: E402
 from bench.floor import natter_application  # noqa: E402
-from bench.floor_durable import TABLE, DurableFloorConsumer  # noqa: E402
+from bench.floor_durable import DurableFloorConsumer, store_rows  # noqa: E402
 
 
 def _ack_many(acks: list[tuple[list[int], list[tuple[int, bytes]]]]) -> list[list[int]]:
@@ -43,28 +41,9 @@ def _ack_many(acks: list[tuple[list[int], list[tuple[int, bytes]]]]) -> list[lis
 
     Returns each ack's receipt row ids, in the order of its receipts.
     """
-    receipts = [receipt for _, owed in acks for receipt in owed]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            WITH gone AS (
-                DELETE FROM {TABLE} WHERE id = ANY(%s::bigint[])
-            ), r AS (
-                SELECT nextval(pg_get_serial_sequence('{TABLE}', 'id')) AS id, n, device, body
-                FROM unnest(%s::bigint[], %s::bytea[]) WITH ORDINALITY AS u(device, body, n)
-            ), stored AS (
-                INSERT INTO {TABLE} (id, device_id, body) SELECT id, device, body FROM r
-            )
-            SELECT id FROM r ORDER BY n
-            """,
-            [
-                pg_array(row for covered, _ in acks for row in covered),
-                pg_array(device for device, _ in receipts),
-                [body for _, body in receipts],
-            ],
-        )
-        ids_in_order = iter([row[0] for row in cursor.fetchall()])
-    return [[next(ids_in_order) for _ in owed] for _, owed in acks]
+    return store_rows(
+        [owed for _, owed in acks], deleting=[row for covered, _ in acks for row in covered]
+    )
 
 
 # Acks gather for company as in Natter (apps.messaging.batching, ACK_GATHER_MS).

@@ -31,3 +31,10 @@ def serving_process(app: str, tmp_path: Path):
     env = {**bench_env(), "DATABASE_URL": _database_url()}
     with daphne(env, tmp_path / "server.log", app=app) as (url, pid):
         yield url, pid
+
+
+def floor_rows() -> list[tuple[int, bytes]]:
+    """The floors' stored rows (device, body), oldest first."""
+    with psycopg.connect(_database_url()) as conn:
+        rows = conn.execute(f"SELECT device_id, body FROM {TABLE} ORDER BY id").fetchall()
+    return [(device_id, bytes(body)) for device_id, body in rows]

@@ -7,14 +7,11 @@ Postgres before its ack comes back, and the recipient's ack deletes it.
 import asyncio
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from bench.floor_durable import TABLE
 from bench.load import connection as bench_connection
 from bench.population import make_pairs
-from tests.bench_apps import serving
-from tests.e2e.conftest import _database_url
+from tests.bench_apps import floor_rows, serving
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,8 +23,7 @@ def durable_floor_url(tmp_path: Path):
 
 
 def stored_bodies() -> list[bytes]:
-    with psycopg.connect(_database_url()) as conn:
-        return [bytes(row[0]) for row in conn.execute(f"SELECT body FROM {TABLE} ORDER BY id")]
+    return [body for _, body in floor_rows()]
 
 
 def test_a_send_is_stored_before_its_ack_and_deleted_by_the_recipients_ack(durable_floor_url):

@@ -9,16 +9,13 @@ import asyncio
 from pathlib import Path
 
 import orjson
-import psycopg
 import pytest
 
 from apps.common import ids
-from bench.floor_durable import TABLE
 from bench.load import connection as bench_connection
 from bench.load import pairs_traffic
 from bench.population import make_pairs
-from tests.bench_apps import serving, serving_process
-from tests.e2e.conftest import _database_url
+from tests.bench_apps import floor_rows, serving, serving_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,12 +24,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def receipts_floor_url(tmp_path: Path):
     with serving("bench.floor_receipts:application", tmp_path) as url:
         yield url
-
-
-def stored_rows() -> list[tuple[int, bytes]]:
-    with psycopg.connect(_database_url()) as conn:
-        rows = conn.execute(f"SELECT device_id, body FROM {TABLE} ORDER BY id").fetchall()
-    return [(device_id, bytes(body)) for device_id, body in rows]
 
 
 def test_the_recipients_ack_stores_the_receipt_and_the_senders_ack_deletes_it(
@@ -51,10 +42,10 @@ def test_the_recipients_ack_stores_the_receipt_and_the_senders_ack_deletes_it(
             event = await b.next_event(timeout=5)
             await b.ack(event.cursor)
             receipt = await a.next_event(timeout=5)  # pushed once the ack's statement committed
-            at_the_receipt = await asyncio.to_thread(stored_rows)
+            at_the_receipt = await asyncio.to_thread(floor_rows)
             await a.ack(receipt.cursor)
             for _ in range(50):  # the ack is not answered: wait for its delete
-                after_the_senders_ack = await asyncio.to_thread(stored_rows)
+                after_the_senders_ack = await asyncio.to_thread(floor_rows)
                 if not after_the_senders_ack:
                     break
                 await asyncio.sleep(0.05)
@@ -81,7 +72,7 @@ def test_the_generators_senders_ack_their_receipts(tmp_path: Path):
         result = asyncio.run(
             pairs_traffic([url], [pid], pairs, window=1, seconds=1.5, warmup=0.5, rate=20)
         )
-        left = stored_rows()
+        left = floor_rows()
     assert result["delivered_per_s"] > 0
     # Only the rows of the last moments can be waiting for their ack.
     assert len(left) <= 6, left
