@@ -149,7 +149,8 @@ def message_send_many(*, requests: list[SendRequest]) -> list[SendResult | Natte
     """Store a burst of sends with a fixed number of queries: a group commit of sends.
 
     Under load a process's sockets send together; their direct messages are checked
-    with three reads and written in one transaction, however many there are. Each
+    and written with one statement, however many there are (two when a check fails
+    or a chat is new to this process: the reads, then the write). Each
     request gets its own outcome, in order: a SendResult, or the NatterError that
     refused it (one bad send never fails the others). Group and media messages take
     the one-at-a-time path, whose locking the fan-out relies on.
@@ -167,7 +168,17 @@ def message_send_many(*, requests: list[SendRequest]) -> list[SendResult | Natte
             fresh.append(i)
         else:
             results[i] = refused
+    if _checkable_in_the_write(requests, fresh):
+        try:
+            written = _direct_messages_write_checked(requests, fresh)
+        except IntegrityError:
+            written = None  # a resend committed elsewhere: the reads below find it
+        if written is not None:
+            for i, outcome in written.items():
+                results[i] = outcome
+            fresh = []
     originals, chats = _send_reads([requests[i] for i in fresh])
+    _DIRECT_CHATS.update(c for c, kind in chats.kinds.items() if kind == Conversation.Kind.DIRECT)
     unsent = []
     for i in fresh:
         original = originals.get(requests[i].key)
@@ -194,6 +205,30 @@ def message_send_many(*, requests: list[SendRequest]) -> list[SendResult | Natte
         if first_of[request.key] != i:
             results[i] = SendResult(first.message, True) if isinstance(first, SendResult) else first
     return results
+
+
+# Conversations this process has seen to be direct ones (a conversation's kind never
+# changes): their sends try the one-statement path of _direct_messages_write_checked
+# first. Bounded: emptied when full, it fills again from the next reads.
+_DIRECT_CHATS: set[int] = set()
+_DIRECT_CHATS_MAX = 100_000
+
+
+def _checkable_in_the_write(requests: list[SendRequest], indexes: list[int]) -> bool:
+    """Whether every one of these sends may be checked inside its own write: plain
+    direct sends (no media, no group body) on Postgres, in chats known to be direct."""
+    if len(_DIRECT_CHATS) > _DIRECT_CHATS_MAX:
+        _DIRECT_CHATS.clear()
+    return (
+        bool(indexes)
+        and connection.vendor == "postgresql"
+        and all(
+            requests[i].conversation_id in _DIRECT_CHATS
+            and requests[i].media_id is None
+            and requests[i].group_body is None
+            for i in indexes
+        )
+    )
 
 
 def _send_rate_limit_hits(requests: list[SendRequest]) -> list[NatterError | None]:
@@ -476,7 +511,9 @@ def _direct_messages_store(requests, indexes, chats: _Chats) -> dict[int, SendRe
     return refused
 
 
-def _direct_messages_write_at_once(requests, indexes, members) -> dict[int, SendResult | NotMember]:
+def _direct_messages_write_at_once(
+    requests, indexes, members: dict[int, set[int]] | None
+) -> dict[int, SendResult | NotMember] | None:
     """Reserve the seqs and inbox cursors of direct sends and insert their messages,
     inbox rows and receipts, all in one statement, committed by itself.
 
@@ -489,15 +526,28 @@ def _direct_messages_write_at_once(requests, indexes, members) -> dict[int, Send
     no row; a chat deleted meanwhile has no seq, so its messages, their rows and
     receipts are not inserted and its sends get NotMember. A resend that committed
     elsewhere breaks the client id's constraint and rolls the statement back.
+
+    `members` (each chat's current members, from `_send_reads`) name the
+    receipts' users. None: the sends were not checked yet, and the statement
+    checks them itself (`_direct_messages_write_checked`).
     """
     messages = [_message_new(requests[i], seq=0) for i in indexes]
     seqs_back, counts = _countdown([m.conversation_id for m in messages])
-    rows, receipts = _rows_and_receipts(requests, indexes, messages, members)
-    cursors_back, device_counts = _countdown([r.device_id for r in rows])
-    payloads = [None] * len(rows)  # a message's rows carry its ciphertext, no payload
     # The names are _counters_reserve's: the seqs are the first reservation
     # (updated0), the cursors the second (updated1), the messages the first insert.
     stored = 'k."message_id" IN (SELECT id FROM inserted0)'  # the messages inserted
+    if members is None:
+        rows = [
+            row
+            for i, message in zip(indexes, messages, strict=True)
+            for row in _pairwise_rows(message, requests[i].ciphertexts)
+        ]
+        receipts, guard = _MEMBER_RECEIPTS, _send_checks(requests, indexes)
+    else:
+        rows, pairs = _rows_and_receipts(requests, indexes, messages, members)
+        receipts, guard = _receipts_unnest(pairs, where=stored), None
+    cursors_back, device_counts = _countdown([r.device_id for r in rows])
+    payloads = [None] * len(rows)  # a message's rows carry its ciphertext, no payload
     # In a test's transaction, a savepoint: an IntegrityError must not abort it.
     with transaction.atomic() if connection.in_atomic_block else nullcontext():
         last, cursors = _counters_reserve(
@@ -508,9 +558,9 @@ def _direct_messages_write_at_once(requests, indexes, members) -> dict[int, Send
                     messages,
                     seqs=seqs_back,
                     numbered=("seq", "conversation_id", "updated0"),
-                    returning="id",
+                    returning="id, conversation_id, sender_user_id",
                 ),
-                _receipts_unnest(receipts, where=stored),
+                receipts,
                 _inbox_unnest(
                     rows,
                     list(enumerate(cursors_back)),
@@ -519,7 +569,10 @@ def _direct_messages_write_at_once(requests, indexes, members) -> dict[int, Send
                     where=stored,
                 ),
             ),
+            guard=guard,
         )
+    if guard is not None and not last:
+        return None  # a check failed (or every chat is gone): nothing was written
     gone = {m.id for m in messages if m.conversation_id not in last}
     for message, back in zip(messages, seqs_back, strict=True):
         if message.id not in gone:
@@ -539,6 +592,97 @@ def _direct_messages_write_at_once(requests, indexes, members) -> dict[int, Send
         i: NotMember() if m.id in gone else SendResult(m, duplicate=False)
         for i, m in zip(indexes, messages, strict=True)
     }
+
+
+@retry_on_deadlock
+def _direct_messages_write_checked(requests, indexes) -> dict[int, SendResult | NotMember] | None:
+    """Check plain direct sends and write them, in one statement: one round trip
+    for the batch, where `_send_reads` before the write was another.
+
+    The statement writes only if every send passes what `_send_reads` and
+    `_direct_sends_checked` check (see `_send_checks`); otherwise it writes nothing
+    and this returns None, and the caller reads and checks the sends as before,
+    which tells each one what refused it. The checks read the statement's
+    snapshot, as the separate reads read theirs: what changes after it is
+    handled as in `_direct_messages_write_at_once`.
+    """
+    return _direct_messages_write_at_once(requests, indexes, members=None)
+
+
+# Whether every send of the batch passes its checks, one row per send looked up
+# through the indexes (LATERAL ... OFFSET 0, see _MEMBERS_AND_DEVICES_SQL): the chat
+# exists and is direct, the sender is a current member, no message has the send's
+# client id, a reply names a seq that exists, and the devices the ciphertexts are for
+# (sorted ids, comma-joined) are exactly the keyed active devices of the chat's
+# members but the sending one.
+_SEND_CHECKS_SQL = f"""
+    SELECT count(*) = %s::bigint AND coalesce(bool_and(ch.ok), false) AS ok
+    FROM unnest({opaque_array()}, {opaque_array()}, {opaque_array()}, {opaque_array("uuid")},
+                {opaque_array()}, {opaque_array("text")})
+         AS k(conversation, sender, device, client, reply, devices)
+    CROSS JOIN LATERAL (
+        SELECT c.kind = 'direct'
+           AND (k.reply IS NULL OR k.reply <= c.last_seq)
+           AND EXISTS (
+               SELECT 1 FROM messaging_membership ms
+               WHERE ms.conversation_id = c.id AND ms.user_id = k.sender
+                 AND ms.left_seq IS NULL)
+           AND NOT EXISTS (
+               SELECT 1 FROM messaging_message m
+               WHERE m.sender_device_id = k.device AND m.client_id = k.client)
+           AND k.devices = coalesce((
+               SELECT string_agg(d.id::text, ',' ORDER BY d.id)
+               FROM messaging_membership ms
+               JOIN accounts_device d ON d.user_id = ms.user_id
+               WHERE ms.conversation_id = c.id AND ms.left_seq IS NULL
+                 AND d.revoked_at IS NULL AND d.identity_key IS NOT NULL
+                 AND d.id <> k.device), '') AS ok
+        FROM messaging_conversation c WHERE c.id = k.conversation
+        OFFSET 0
+    ) ch
+"""
+
+
+def _send_checks(requests, indexes) -> tuple[str, list]:
+    """The statement's guard (see _counters_reserve) for these sends: _SEND_CHECKS_SQL."""
+    sends = [requests[i] for i in indexes]
+    return _SEND_CHECKS_SQL, [
+        str(len(sends)),
+        pg_array(r.conversation_id for r in sends),
+        pg_array(r.sender_device.user_id for r in sends),
+        pg_array(r.sender_device.id for r in sends),
+        pg_array((r.client_id for r in sends), "uuid"),
+        pg_array(r.reply_to_seq for r in sends),
+        pg_array(
+            (",".join(map(str, sorted(c.device_id for c in r.ciphertexts))) for r in sends), "text"
+        ),
+    ]
+
+
+class _MemberReceiptsInsert:
+    """The receipts of the messages a statement inserts (`inserted0`, returning id,
+    conversation_id, sender_user_id): one per current member of the chat but the
+    sender, found by the statement itself."""
+
+    rows = True  # always written, from the statement's own rows
+
+    def statement(self) -> tuple[str, list]:
+        return (
+            """
+            INSERT INTO messaging_receipt (message_id, user_id)
+            SELECT i.id, ms.user_id FROM inserted0 i
+            CROSS JOIN LATERAL (
+                SELECT ms.user_id FROM messaging_membership ms
+                WHERE ms.conversation_id = i.conversation_id AND ms.left_seq IS NULL
+                  AND ms.user_id <> i.sender_user_id
+                OFFSET 0
+            ) ms
+            """,
+            [],
+        )
+
+
+_MEMBER_RECEIPTS = _MemberReceiptsInsert()
 
 
 def _countdown(keys: list[int]) -> tuple[list[int], Counter]:
@@ -1097,7 +1241,9 @@ class _Counters:
 
 
 def _counters_reserve(
-    *reservations: _Counters, along: tuple[UnnestInsert, ...] = ()
+    *reservations: _Counters,
+    along: tuple[UnnestInsert, ...] = (),
+    guard: tuple[str, list] | None = None,
 ) -> list[dict[int, int]]:
     """Make each reservation, in order; return the new values of each one's rows.
 
@@ -1108,12 +1254,21 @@ def _counters_reserve(
     inserted elsewhere are checked at commit (they are deferred) with KEY SHARE
     locks on these rows, which a FOR UPDATE would block out of order (deadlocks seen
     between a batch of sends and a batch of acks under load).
+
+    `guard` (Postgres, SQL and its parameters) is a query of one boolean column,
+    `ok`: when it is false nothing is reserved, so nothing numbered from the
+    reservations is inserted either, and every result is empty.
     """
     if connection.vendor != "postgresql":
         if along:
             raise ValueError("`along` inserts need Postgres.")
         return [_counters_reserve_sqlite(r) for r in reservations]
     parts, selects, params = [], [], []
+    guarded = ""
+    if guard is not None:
+        parts.append(f"checked AS ({guard[0]})")
+        params += guard[1]
+        guarded = "AND (SELECT ok FROM checked)"
     for n, r in enumerate(reservations):
         row_ids = sorted(r.counts)
         parts.append(
@@ -1121,7 +1276,7 @@ def _counters_reserve(
             wanted{n}(id, n) AS (SELECT * FROM unnest({opaque_array()}, {opaque_array()})),
             locked{n} AS (
                 SELECT t.id FROM {r.table} t
-                WHERE t.id = ANY({opaque_array()}) {r.condition}
+                WHERE t.id = ANY({opaque_array()}) {r.condition} {guarded}
                 ORDER BY t.id FOR NO KEY UPDATE
             ),
             updated{n} AS (

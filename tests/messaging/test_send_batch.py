@@ -44,10 +44,10 @@ def test_a_burst_of_direct_sends_costs_the_queries_of_one_send(chats):
     burst = [request(a1, c, [b1]) for a1, b1, c in chats for _ in range(6)]
     with CaptureQueriesContext(connection) as queries:
         results = services.message_send_many(requests=burst)
-    # dedupe check with the members and their devices, then one statement for the
-    # seqs, cursors, messages, inbox rows and receipts, in the test's transaction
-    # within a savepoint: the same 4 as one send (test_send_query_count_is_pinned).
-    assert len(queries) == 4, [q["sql"] for q in queries]
+    # One statement checks the sends (members, device sets, client ids) and writes
+    # the seqs, cursors, messages, inbox rows and receipts, in the test's transaction
+    # within a savepoint: the same 3 as one send (test_send_query_count_is_pinned).
+    assert len(queries) == 3, [q["sql"] for q in queries]
     assert all(isinstance(r, services.SendResult) and not r.duplicate for r in results)
     for _, b1, conversation in chats:
         seqs = [
@@ -135,7 +135,7 @@ def test_a_group_resend_that_raced_past_the_duplicate_check_gets_the_original(ch
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_burst_outside_a_transaction_is_one_read_and_one_write(people):
+def test_a_burst_outside_a_transaction_is_one_statement(people):
     a, b = people.user(), people.user()
     a1, b1, b2 = people.device(a), people.device(b), people.device(b)
     conversation, _ = services.conversation_direct_get_or_create(user=a, other_user_id=b.id)
@@ -143,9 +143,9 @@ def test_a_burst_outside_a_transaction_is_one_read_and_one_write(people):
     burst = [request(a1, conversation, [b1, b2], reply_to_seq=1) for _ in range(3)]
     with CaptureQueriesContext(connection) as queries:
         results = services.message_send_many(requests=burst)
-    # No BEGIN, no COMMIT: the write commits by itself (a reply to a seq that
-    # existed at the read takes this path too).
-    assert len(queries) == 2, [q["sql"] for q in queries]
+    # No reads, no BEGIN, no COMMIT: the checked write commits by itself (a reply to
+    # a seq that existed when it started takes this path too).
+    assert len(queries) == 1, [q["sql"] for q in queries]
     assert [r.message.seq for r in results] == [2, 3, 4]
     conversation.refresh_from_db()
     assert conversation.last_seq == 4
@@ -204,3 +204,134 @@ def test_a_chat_deleted_after_the_check_refuses_only_its_own_sends(chats):
     assert not Message.objects.filter(client_id=doomed.client_id).exists()
     assert not InboxEntry.objects.filter(device=b1, type="message").exists()
     assert [e["seq"] for e in events_of(b2, "message")] == [1]
+
+
+def sql_of(queries) -> list[str]:
+    """Each statement of a capture, named by what it is."""
+    names = []
+    for q in queries:
+        sql = q["sql"]
+        if "checked AS (" in sql:
+            names.append("checked write")
+        elif "AS k(device, client)" in sql:
+            names.append("reads")
+        elif "inserted0 AS" in sql:
+            names.append("write")
+        elif "SAVEPOINT" not in sql:
+            names.append(sql[:60])
+    return names
+
+
+@pytest.fixture
+def warm_chat(people):
+    """A direct chat with one message sent, so this process knows it is direct."""
+    a, b = people.user(), people.user()
+    a1, b1 = people.device(a), people.device(b)
+    conversation, _ = services.conversation_direct_get_or_create(user=a, other_user_id=b.id)
+    send(a1, conversation, [b1])
+    assert conversation.id in services._DIRECT_CHATS
+    return a1, b1, conversation
+
+
+def revoked(device):
+    device.revoked_at = device.created_at
+    device.save(update_fields=["revoked_at"])
+    return device
+
+
+# Each send the checked write must refuse, with what refuses it as the reads would.
+# (description, how to make the bad send from (people, a1, b1, conversation), check)
+BAD_SENDS = {
+    "not a member": (
+        lambda people, a1, b1, c: request(people.device(people.user()), c, [b1]),
+        lambda r, b1: isinstance(r, NotMember),
+    ),
+    "a device missing": (
+        lambda people, a1, b1, c: request(a1, c, []),
+        lambda r, b1: isinstance(r, DeviceMismatch) and r.as_dict()["missing"] == [b1.public_id],
+    ),
+    "a device extra": (
+        lambda people, a1, b1, c: request(a1, c, [b1, people.device(people.user())]),
+        lambda r, b1: isinstance(r, DeviceMismatch) and len(r.as_dict()["extra"]) == 1,
+    ),
+    "a revoked device": (
+        lambda people, a1, b1, c: request(a1, c, [b1, revoked(people.device(b1.user))]),
+        lambda r, b1: isinstance(r, DeviceMismatch) and len(r.as_dict()["extra"]) == 1,
+    ),
+    "a device without keys": (
+        lambda people, a1, b1, c: request(a1, c, [b1, people.device(b1.user, keys=False)]),
+        lambda r, b1: isinstance(r, DeviceMismatch) and len(r.as_dict()["extra"]) == 1,
+    ),
+    "a device twice": (
+        lambda people, a1, b1, c: request(a1, c, [b1, b1]),
+        lambda r, b1: isinstance(r, BadRequest) and r.as_dict()["field"] == "ciphertexts",
+    ),
+    "a resend": (
+        lambda people, a1, b1, c: request(
+            a1, c, [b1], client_id=Message.objects.get(conversation=c, seq=1).client_id
+        ),
+        lambda r, b1: r.duplicate and r.message.seq == 1,
+    ),
+    "a reply to a later seq": (
+        lambda people, a1, b1, c: request(a1, c, [b1], reply_to_seq=9),
+        lambda r, b1: isinstance(r, BadRequest) and r.as_dict()["field"] == "reply_to_seq",
+    ),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_SENDS)
+def test_a_burst_the_checked_write_refuses_writes_nothing_and_is_checked_again(
+    warm_chat, people, bad
+):
+    a1, b1, conversation = warm_chat
+    make, refused_as = BAD_SENDS[bad]
+    burst = [request(a1, conversation, [b1]), make(people, a1, b1, conversation)]
+    with CaptureQueriesContext(connection) as queries:
+        good, refused = services.message_send_many(requests=burst)
+    # Tried as one statement, which wrote nothing; then read, checked and written
+    # (a reply refused on the way takes the transaction of _direct_messages_store).
+    names = sql_of(queries)
+    assert names[:2] == ["checked write", "reads"] and names.count("checked write") == 1
+    assert refused_as(refused, b1), refused
+    assert good.message.seq == 2 and not good.duplicate  # no seq taken by the try
+    assert [e["seq"] for e in events_of(b1, "message")] == [1, 2]
+    conversation.refresh_from_db()
+    assert conversation.last_seq == 2
+    assert Receipt.objects.filter(message__conversation=conversation).count() == 2
+
+
+def test_a_group_taken_for_a_direct_chat_goes_the_group_way(warm_chat, people):
+    a1, _, _ = warm_chat
+    carol = people.user()
+    people.device(carol)
+    group = groups.group_create(creator=a1.user, title="Mistaken", member_ids=[carol.id])
+    services._DIRECT_CHATS.add(group.id)  # as if a wrong guess: the check catches it
+    with CaptureQueriesContext(connection) as queries:
+        (result,) = services.message_send_many(requests=[request(a1, group, [])])
+    assert sql_of(queries)[:2] == ["checked write", "reads"]
+    assert isinstance(result, BadRequest) and result.as_dict()["field"] == "group_body"
+    assert not Message.objects.filter(conversation=group, kind="text").exists()
+
+
+def test_a_chat_new_to_the_process_is_read_first_then_written_in_one_statement(people):
+    a, b = people.user(), people.user()
+    a1, b1 = people.device(a), people.device(b)
+    conversation, _ = services.conversation_direct_get_or_create(user=a, other_user_id=b.id)
+    with CaptureQueriesContext(connection) as queries:
+        send(a1, conversation, [b1])
+    assert sql_of(queries) == ["reads", "write"]
+    with CaptureQueriesContext(connection) as queries:
+        send(a1, conversation, [b1])
+    assert sql_of(queries) == ["checked write"]
+
+
+def test_the_checked_write_stores_a_receipt_for_each_member_but_the_sender(warm_chat, people):
+    a1, b1, conversation = warm_chat
+    a2, b2 = people.device(a1.user, "phone"), people.device(b1.user, "phone")
+    with CaptureQueriesContext(connection) as queries:
+        result = send(a1, conversation, [a2, b1, b2])
+    assert sql_of(queries) == ["checked write"]
+    receipts = Receipt.objects.filter(message=result.message)
+    assert list(receipts.values_list("user_id", flat=True)) == [b1.user_id]
+    for device in (a2, b1, b2):
+        assert [e["seq"] for e in events_of(device, "message")][-1] == 2
