@@ -3,6 +3,7 @@
 import asyncio
 import functools
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
@@ -97,6 +98,28 @@ def opaque_array(kind: str = "bigint") -> str:
     """
     # The outer cast makes `= ANY(...)` take it as an array, not as a subquery.
     return f"(SELECT %s::{kind}[])::{kind}[]"
+
+
+@functools.lru_cache(maxsize=256)
+def compact_sql(sql: str) -> str:
+    """`sql` with each run of whitespace outside its string literals made one space.
+
+    psycopg converts a statement's %s placeholders with a regular expression and
+    caches the result per statement text, but only for texts up to 4,096 bytes
+    (MAX_CACHED_STATEMENT_LENGTH): a longer one is converted again on every call.
+    The indentation of a checked send batch's statement took it past that, and
+    its conversion was a twentieth of a loaded socket process's Python time.
+    A `--` comment would swallow the rest of a one-line statement: refused.
+    """
+    parts = sql.split("'")
+    for n in range(0, len(parts), 2):  # even parts lie outside the literals
+        if "--" in parts[n]:
+            raise ValueError("compact_sql: a -- comment would swallow the rest of the line")
+        parts[n] = _WHITESPACE.sub(" ", parts[n])
+    return "'".join(parts).strip()
+
+
+_WHITESPACE = re.compile(r"\s+")
 
 
 def _quoted(value) -> str:

@@ -22,6 +22,7 @@ from apps.accounts.models import Device, User
 from apps.common import ids, jsonutil
 from apps.common.db import (
     UnnestInsert,
+    compact_sql,
     insert_unnest_together,
     opaque_array,
     pg_array,
@@ -609,8 +610,10 @@ def _direct_messages_write_checked(requests, indexes) -> dict[int, SendResult | 
     return _direct_messages_write_at_once(requests, indexes, members=None)
 
 
-# Whether every send of the batch passes its checks, one row per send looked up
-# through the indexes (LATERAL ... OFFSET 0, see _MEMBERS_AND_DEVICES_SQL): the chat
+# Whether every send of the batch passes its checks, one row per send and one per
+# member looked up through the indexes (LATERAL ... OFFSET 0, see
+# _MEMBERS_AND_DEVICES_SQL: joined, the generic plan hashed the whole device table
+# for each send): the chat
 # exists and is direct, the sender is a current member, no message has the send's
 # client id, a reply names a seq that exists, and the devices the ciphertexts are for
 # (sorted ids, comma-joined) are exactly the keyed active devices of the chat's
@@ -633,10 +636,13 @@ _SEND_CHECKS_SQL = f"""
            AND k.devices = coalesce((
                SELECT string_agg(d.id::text, ',' ORDER BY d.id)
                FROM messaging_membership ms
-               JOIN accounts_device d ON d.user_id = ms.user_id
-               WHERE ms.conversation_id = c.id AND ms.left_seq IS NULL
-                 AND d.revoked_at IS NULL AND d.identity_key IS NOT NULL
-                 AND d.id <> k.device), '') AS ok
+               CROSS JOIN LATERAL (
+                   SELECT d.id FROM accounts_device d
+                   WHERE d.user_id = ms.user_id AND d.revoked_at IS NULL
+                     AND d.identity_key IS NOT NULL AND d.id <> k.device
+                   OFFSET 0
+               ) d
+               WHERE ms.conversation_id = c.id AND ms.left_seq IS NULL), '') AS ok
         FROM messaging_conversation c WHERE c.id = k.conversation
         OFFSET 0
     ) ch
@@ -1297,7 +1303,7 @@ def _counters_reserve(
         params += insert_params
     results: list[dict[int, int]] = [{} for _ in reservations]
     with connection.cursor() as cur:
-        cur.execute(f"WITH {','.join(parts)} {' UNION ALL '.join(selects)}", params)
+        cur.execute(compact_sql(f"WITH {','.join(parts)} {' UNION ALL '.join(selects)}"), params)
         for n, row_id, value in cur.fetchall():
             results[n][row_id] = value
     return results
