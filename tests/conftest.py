@@ -91,9 +91,11 @@ async def settle_batches(transactional_db):
     commit can deadlock. Requesting transactional_db makes this teardown run first.
     """
     yield
+    from apps.common.db import close_loop_connections
     from apps.messaging import batching
 
     await batching.settle()
+    await close_loop_connections()
 
 
 class People:

@@ -5,6 +5,7 @@ import functools
 import os
 import re
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -60,6 +61,67 @@ def db_call(func):
 # frame would otherwise hold the next ones back for the whole outage.
 UNREACHABLE_S = 1.0
 _unreachable_until = 0.0
+
+
+def unreachable() -> bool:
+    """Whether the database was found unreachable within the last UNREACHABLE_S."""
+    return time.monotonic() < _unreachable_until
+
+
+# --- Statements run on the event loop ------------------------------------------------
+#
+# A socket process's hottest statement (a burst of sends, checked and written at
+# once) runs on the event loop with psycopg's async driver: no hop to a database
+# thread and back, and no GIL handed between them. Each loop keeps its own few
+# connections (one per statement in flight), autocommit, preparing statements as
+# Django's do.
+_loop_connections: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def execute_on_loop(sql: str, params: list) -> list[tuple]:
+    """Run one statement, committed by itself, on this loop's connection; its rows.
+
+    Raises psycopg's errors as they are (the statement wrote nothing then, unless
+    the connection broke after its commit, which the caller must allow for).
+    """
+    import psycopg
+
+    idle = _loop_connections.setdefault(asyncio.get_running_loop(), [])
+    conn = idle.pop() if idle else await psycopg.AsyncConnection.connect(**_loop_params())
+    try:
+        cursor = await conn.execute(sql, params)
+        rows = await cursor.fetchall()
+    except BaseException:
+        if conn.broken or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            await conn.close()
+        else:
+            idle.append(conn)
+        raise
+    idle.append(conn)
+    return rows
+
+
+async def close_loop_connections() -> None:
+    """Close this loop's connections (tests: each test's loop is a new one)."""
+    for conn in _loop_connections.pop(asyncio.get_running_loop(), []):
+        await conn.close()
+
+
+def _loop_params() -> dict:
+    """psycopg's connection arguments for the default database, as Django's, minus
+    Django's own cursor and adapters (its cursors are synchronous)."""
+    from django.db import connections
+
+    params = connections["default"].get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    params.setdefault("connect_timeout", LOOP_CONNECT_TIMEOUT_S)
+    return {**params, "autocommit": True}
+
+
+LOOP_CONNECT_TIMEOUT_S = 5
 
 
 # The event loop that handed work to a database thread, if any (see events.py).

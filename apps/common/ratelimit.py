@@ -114,6 +114,24 @@ async def arate_limit_hit(
         raise refused
 
 
+async def arate_limit_hit_many(
+    *,
+    scope: str,
+    keys: list[str],
+    limit: float,
+    period_s: float,
+    burst: int | None = None,
+    message: str | None = None,
+) -> list[RateLimited | None]:
+    """`rate_limit_hit_many` for async code: one pipelined Redis round trip, no thread."""
+    plans = [_plan(scope, key, limit, period_s, burst) for key in keys]
+    if not keys or plans[0] is None:
+        return [None] * len(keys)
+    client = async_client()
+    waits = [_local_hit(*p) for p in plans] if client is None else await _aredis_hits(client, plans)
+    return [_refusal(scope, wait_ms, message) for wait_ms in waits]
+
+
 # --- The limits on new connections per client address -----------------------------
 
 
@@ -217,6 +235,31 @@ def _evalsha_each(client, plans) -> list:
     for key, interval_us, burst in plans:
         pipe.evalsha(_sha, 1, key, repr(interval_us), burst)
     return pipe.execute(raise_on_error=False)
+
+
+async def _aredis_hits(client, plans: list[tuple[str, float, int]]) -> list[int]:
+    """`_redis_hits` on an async client."""
+    from redis.exceptions import NoScriptError
+
+    sha = _sha or await _aload(client)
+    results = await _aevalsha_each(client, sha, plans)
+    missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+    if missing:
+        sha = await _aload(client)
+        again = await _aevalsha_each(client, sha, [plans[i] for i in missing])
+        for i, result in zip(missing, again, strict=True):
+            results[i] = result
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return [int(result) for result in results]
+
+
+async def _aevalsha_each(client, sha: str, plans) -> list:
+    pipe = client.pipeline(transaction=False)
+    for key, interval_us, burst in plans:
+        pipe.evalsha(sha, 1, key, repr(interval_us), burst)
+    return await pipe.execute(raise_on_error=False)
 
 
 async def _aredis_hit(client, key: str, interval_us: float, burst: int) -> int:

@@ -9,19 +9,23 @@ message at once). At low load a batch holds a single call, as before.
 import asyncio
 import weakref
 
+import psycopg
 from django.conf import settings
 
-from apps.common.db import db_call
+from apps.common.db import db_call, execute_on_loop, unreachable
 from apps.common.errors import NatterError
-from apps.messaging import selectors, services
+from apps.messaging import events, selectors, services
 
 
 class _Batcher:
     """Collect calls while a batch runs; run the next batch with all of them."""
 
-    def __init__(self, run_batch, *, gather_s: float = 0.0, lanes: int = 1, crowd: int = 16):
+    def __init__(
+        self, run_batch, *, gather_s: float = 0.0, lanes: int = 1, crowd: int = 16, on_loop=None
+    ):
         self.run_batch = run_batch  # list of requests -> list of results, same order
-        self.run_threaded = db_call(run_batch)  # built once, not per batch
+        # Awaited instead, when given: a batch that runs on the loop (_send_batch_on_loop).
+        self.run_threaded = on_loop or db_call(run_batch)  # built once, not per batch
         # How long a batch waits for company before it runs: a few milliseconds of
         # latency that turn a burst of calls into one batch.
         self.gather_s = gather_s
@@ -72,6 +76,41 @@ def _send_batch(requests: list) -> list:
     return services.message_send_many(requests=requests)
 
 
+@db_call
+def _send_batch_threaded(requests: list, refused: list | None) -> list:
+    return services.message_send_many(requests=requests, refused=refused)
+
+
+async def _send_batch_on_loop(requests: list) -> list:
+    """A burst of sends, checked and written by one statement run on this loop.
+
+    The database thread is for what cannot take that statement: a send repeated in
+    the burst or refused by its rate limit, a group or media send, a chat new to
+    this process, a check that failed (the threaded path tells each send what
+    refused it) or a statement that failed (a resend stored meanwhile elsewhere: the
+    threaded path finds it). Either way each send's rate limit is taken once.
+    """
+    if not _ON_POSTGRES or unreachable() or len({r.key for r in requests}) != len(requests):
+        return await _send_batch_threaded(requests, None)
+    refused = await services.asend_rate_limit_hits(requests)
+    write = services.message_send_prepared(requests, refused)
+    if write is not None:
+        try:
+            fetched = await execute_on_loop(write.sql, write.params)
+        except psycopg.Error:
+            # Nothing was written, or (the connection broke after the commit) the
+            # threaded path finds the sends stored, as it finds any resend.
+            fetched = None
+        if fetched is not None:
+            results = services.message_send_done(write, fetched, events.ring_doorbells)
+            if results is not None:
+                return results
+    return await _send_batch_threaded(requests, refused)
+
+
+_ON_POSTGRES = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+
+
 def _ack_batch(requests: list[tuple[object, int, int]]) -> list[None]:
     services.inbox_ack_many(acks=requests)
     return [None] * len(requests)
@@ -93,7 +132,7 @@ def _batchers() -> dict:
             # written form the next batch, so a lone send is not delayed. Under a
             # flood a second batch is written meanwhile (measured: 1,661 → 1,926
             # delivered/s in bench.load throughput, 2 processes).
-            "send": _Batcher(_send_batch, lanes=2),
+            "send": _Batcher(_send_batch, lanes=2, on_loop=_send_batch_on_loop),
         }
     return batchers
 

@@ -75,14 +75,25 @@ def ring_doorbells_on_commit(*, device_ids, carried: dict[int, dict] | None = No
     `items`; see services.inbox_write): committed rows still, read from memory by
     a socket that is exactly up to `after`, and otherwise read from the inbox.
     """
-    ids = sorted(set(device_ids))
-    carried = carried or {}
-    if ids:
-        rings = [
-            (device_group(d), {"type": "inbox.ring", **carried[d]} if d in carried else RING)
-            for d in ids
-        ]
+    rings = _rings(device_ids, carried)
+    if rings:
         transaction.on_commit(lambda: _group_send_all(rings))
+
+
+def ring_doorbells(*, device_ids, carried: dict[int, dict] | None = None) -> None:
+    """`ring_doorbells_on_commit` for rows committed already (a statement run on the
+    event loop, outside Django's transactions)."""
+    rings = _rings(device_ids, carried)
+    if rings:
+        _group_send_all(rings)
+
+
+def _rings(device_ids, carried: dict[int, dict] | None) -> list[tuple[str, dict]]:
+    carried = carried or {}
+    return [
+        (device_group(d), {"type": "inbox.ring", **carried[d]} if d in carried else RING)
+        for d in sorted(set(device_ids))
+    ]
 
 
 def device_revoked_on_commit(*, device_id: int) -> None:
@@ -94,15 +105,17 @@ def device_revoked_on_commit(*, device_id: int) -> None:
 def _group_send_all(sends: list[tuple[str, dict]]) -> None:
     # A lost doorbell loses nothing, so a failing layer is logged, never raised:
     # the rows are committed and clients find them on their next poll or ping.
+    running = _running_loop()
+    if running is not None:
+        # On the loop itself (a statement run there): send them from a task of it.
+        _track(running.create_task(_send_many(sends)), len(sends))
+        return
     loop = CALLER_LOOP.get()
-    if loop is not None and loop.is_running() and not _on_loop(loop):
+    if loop is not None and loop.is_running():
         # On a daphne database thread: hand the doorbells to the server's loop and
         # go on. Waiting for them would hold the thread (and its connection) while
         # the loop is busy, which capped sends per second.
-        future = asyncio.run_coroutine_threadsafe(_send_many(sends), loop)
-        IN_FLIGHT.add(future)
-        future.add_done_callback(IN_FLIGHT.discard)
-        future.add_done_callback(_report_failure(len(sends)))
+        _track(asyncio.run_coroutine_threadsafe(_send_many(sends), loop), len(sends))
         return
     # One async_to_sync around all the sends, not one per send (STACK-NOTES trap 8).
     try:
@@ -111,11 +124,17 @@ def _group_send_all(sends: list[tuple[str, dict]]) -> None:
         logger.exception("could not ring %d doorbell(s)", len(sends))
 
 
-def _on_loop(loop) -> bool:
+def _track(future, count: int) -> None:
+    IN_FLIGHT.add(future)
+    future.add_done_callback(IN_FLIGHT.discard)
+    future.add_done_callback(_report_failure(count))
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
-        return asyncio.get_running_loop() is loop
+        return asyncio.get_running_loop()
     except RuntimeError:
-        return False
+        return None
 
 
 def _report_failure(count: int):

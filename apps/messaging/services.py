@@ -29,7 +29,7 @@ from apps.common.db import (
     retry_on_deadlock,
 )
 from apps.common.errors import BadRequest, DeviceMismatch, NatterError, NotFound, NotMember
-from apps.common.ratelimit import rate_limit_hit_many
+from apps.common.ratelimit import arate_limit_hit_many, rate_limit_hit_many
 from apps.messaging import delivery, events, selectors
 from apps.messaging.models import Conversation, InboxEntry, Membership, Message, Receipt
 
@@ -146,7 +146,9 @@ def message_send(
     return result
 
 
-def message_send_many(*, requests: list[SendRequest]) -> list[SendResult | NatterError]:
+def message_send_many(
+    *, requests: list[SendRequest], refused: list[NatterError | None] | None = None
+) -> list[SendResult | NatterError]:
     """Store a burst of sends with a fixed number of queries: a group commit of sends.
 
     Under load a process's sockets send together; their direct messages are checked
@@ -155,6 +157,9 @@ def message_send_many(*, requests: list[SendRequest]) -> list[SendResult | Natte
     request gets its own outcome, in order: a SendResult, or the NatterError that
     refused it (one bad send never fails the others). Group and media messages take
     the one-at-a-time path, whose locking the fan-out relies on.
+
+    `refused`: the rate limits were taken already (`asend_rate_limit_hits`, for
+    a burst with no send repeated), each send's refusal or None.
     """
     results: list[SendResult | NatterError | None] = [None] * len(requests)
     first_of: dict[tuple[int, uuid.UUID], int] = {}
@@ -163,7 +168,9 @@ def message_send_many(*, requests: list[SendRequest]) -> list[SendResult | Natte
         first_of.setdefault(request.key, i)
     firsts = sorted(first_of.values())
     fresh: list[int] = []
-    hits = _send_rate_limit_hits([requests[i] for i in firsts])
+    if refused is not None and len(firsts) != len(requests):
+        raise ValueError("Limits taken beforehand are for a burst with no send repeated.")
+    hits = refused if refused is not None else _send_rate_limit_hits([requests[i] for i in firsts])
     for i, refused in zip(firsts, hits, strict=True):
         if refused is None:
             fresh.append(i)
@@ -234,14 +241,52 @@ def _checkable_in_the_write(requests: list[SendRequest], indexes: list[int]) -> 
 
 def _send_rate_limit_hits(requests: list[SendRequest]) -> list[NatterError | None]:
     """A token of the sender device's send bucket per send, in order: one Redis call."""
-    return rate_limit_hit_many(
-        scope="send",
-        keys=[str(r.sender_device.id) for r in requests],
-        limit=settings.NATTER["SEND_RATE"],
-        period_s=1,
-        burst=settings.NATTER["SEND_BURST"],
-        message="Too many messages; slow down.",
-    )
+    return rate_limit_hit_many(**_send_limit(requests))
+
+
+async def asend_rate_limit_hits(requests: list[SendRequest]) -> list[NatterError | None]:
+    """`_send_rate_limit_hits` on the event loop."""
+    return await arate_limit_hit_many(**_send_limit(requests))
+
+
+def _send_limit(requests: list[SendRequest]) -> dict:
+    return {
+        "scope": "send",
+        "keys": [str(r.sender_device.id) for r in requests],
+        "limit": settings.NATTER["SEND_RATE"],
+        "period_s": 1,
+        "burst": settings.NATTER["SEND_BURST"],
+        "message": "Too many messages; slow down.",
+    }
+
+
+def message_send_prepared(
+    requests: list[SendRequest], refused: list[NatterError | None]
+) -> "_DirectWrite | None":
+    """The one statement that checks and writes a burst of sends, for a caller that
+    runs it itself (a socket process, on its event loop); None when the burst must
+    take `message_send_many`: a send repeated in it or refused by its rate limit
+    (taken: `refused`), or one that is not a plain direct send in a chat known to
+    be direct (see `_checkable_in_the_write`).
+
+    The caller runs the statement (committed by itself) and hands its rows to
+    `message_send_done`; if the statement fails, `message_send_many` with the same
+    `refused` stores the sends or finds the ones that were stored.
+    """
+    indexes = list(range(len(requests)))
+    if any(r is not None for r in refused) or len({r.key for r in requests}) != len(requests):
+        return None
+    if not _checkable_in_the_write(requests, indexes):
+        return None
+    return _direct_write_prepared(requests, indexes, None)
+
+
+def message_send_done(write: "_DirectWrite", fetched, ring) -> list[SendResult | NotMember] | None:
+    """Each send's outcome from the rows of a `message_send_prepared` statement, its
+    devices rung with `ring`; None when a check refused the burst (nothing was
+    written: `message_send_many` tells each send what refused it)."""
+    results = _direct_write_done(write, fetched, ring)
+    return None if results is None else [results[i] for i in write.indexes]
 
 
 # Named columns, not *: a prepared statement's result must not change shape when a
@@ -532,9 +577,33 @@ def _direct_messages_write_at_once(
     receipts' users. None: the sends were not checked yet, and the statement
     checks them itself (`_direct_messages_write_checked`).
     """
+    write = _direct_write_prepared(requests, indexes, members)
+    # In a test's transaction, a savepoint: an IntegrityError must not abort it.
+    with transaction.atomic() if connection.in_atomic_block else nullcontext():
+        with connection.cursor() as cur:
+            cur.execute(write.sql, write.params)
+            fetched = cur.fetchall()
+    return _direct_write_done(write, fetched, events.ring_doorbells_on_commit)
+
+
+class _DirectWrite(NamedTuple):
+    """The statement of `_direct_messages_write_at_once`, and what reads its rows."""
+
+    sql: str
+    params: list
+    checked: bool  # with the send checks as its guard
+    indexes: list[int]
+    messages: list[Message]
+    seqs_back: list[int]
+    rows: list["InboxRow"]
+    device_counts: Counter
+    payloads: list
+
+
+def _direct_write_prepared(requests, indexes, members: dict[int, set[int]] | None) -> _DirectWrite:
     messages = [_message_new(requests[i], seq=0) for i in indexes]
     seqs_back, counts = _countdown([m.conversation_id for m in messages])
-    # The names are _counters_reserve's: the seqs are the first reservation
+    # The names are _counters_statement's: the seqs are the first reservation
     # (updated0), the cursors the second (updated1), the messages the first insert.
     stored = 'k."message_id" IN (SELECT id FROM inserted0)'  # the messages inserted
     if members is None:
@@ -549,49 +618,61 @@ def _direct_messages_write_at_once(
         receipts, guard = _receipts_unnest(pairs, where=stored), None
     cursors_back, device_counts = _countdown([r.device_id for r in rows])
     payloads = [None] * len(rows)  # a message's rows carry its ciphertext, no payload
-    # In a test's transaction, a savepoint: an IntegrityError must not abort it.
-    with transaction.atomic() if connection.in_atomic_block else nullcontext():
-        last, cursors = _counters_reserve(
-            _conversation_seqs(counts),
-            _device_cursors(device_counts),
-            along=(
-                _messages_unnest(
-                    messages,
-                    seqs=seqs_back,
-                    numbered=("seq", "conversation_id", "updated0"),
-                    returning="id, conversation_id, sender_user_id",
-                ),
-                receipts,
-                _inbox_unnest(
-                    rows,
-                    list(enumerate(cursors_back)),
-                    payloads,
-                    numbered=("cursor", "device_id", "updated1"),
-                    where=stored,
-                ),
+    sql, params = _counters_statement(
+        (_conversation_seqs(counts), _device_cursors(device_counts)),
+        (
+            _messages_unnest(
+                messages,
+                seqs=seqs_back,
+                numbered=("seq", "conversation_id", "updated0"),
+                returning="id, conversation_id, sender_user_id",
             ),
-            guard=guard,
-        )
-    if guard is not None and not last:
+            receipts,
+            _inbox_unnest(
+                rows,
+                list(enumerate(cursors_back)),
+                payloads,
+                numbered=("cursor", "device_id", "updated1"),
+                where=stored,
+            ),
+        ),
+        guard,
+    )
+    return _DirectWrite(
+        sql, params, guard is not None, indexes, messages, seqs_back, rows, device_counts, payloads
+    )
+
+
+def _direct_write_done(
+    write: _DirectWrite, fetched, ring
+) -> dict[int, SendResult | NotMember] | None:
+    """The outcome of each send of a `_DirectWrite` from its statement's rows, its
+    devices rung with `ring` (when the write commits); None when its guard
+    refused the sends (nothing was written)."""
+    last, cursors = _counters_results(fetched, 2)
+    if write.checked and not last:
         return None  # a check failed (or every chat is gone): nothing was written
+    messages, rows = write.messages, write.rows
     gone = {m.id for m in messages if m.conversation_id not in last}
-    for message, back in zip(messages, seqs_back, strict=True):
+    for message, back in zip(messages, write.seqs_back, strict=True):
         if message.id not in gone:
             message.seq = last[message.conversation_id] - back
     kept = [
         (index, cursor)
-        for index, cursor in _inbox_numbered(rows, cursors, device_counts)
+        for index, cursor in _inbox_numbered(rows, cursors, write.device_counts)
         if rows[index].message_id not in gone
     ]
     by_id = {m.id: m for m in messages}
-    events.ring_doorbells_on_commit(
+    ring(
         device_ids={rows[index].device_id for index, _ in kept},
         # With rows missing (a deleted chat's), the devices read their inboxes.
-        carried={} if gone else _carried(rows, kept, cursors, device_counts, by_id, payloads),
+        carried={}
+        if gone
+        else _carried(rows, kept, cursors, write.device_counts, by_id, write.payloads),
     )
     return {
         i: NotMember() if m.id in gone else SendResult(m, duplicate=False)
-        for i, m in zip(indexes, messages, strict=True)
+        for i, m in zip(write.indexes, messages, strict=True)
     }
 
 
@@ -1269,6 +1350,22 @@ def _counters_reserve(
         if along:
             raise ValueError("`along` inserts need Postgres.")
         return [_counters_reserve_sqlite(r) for r in reservations]
+    sql, params = _counters_statement(reservations, along, guard)
+    with connection.cursor() as cur:
+        cur.execute(sql, params)
+        return _counters_results(cur.fetchall(), len(reservations))
+
+
+def _counters_results(rows, count: int) -> list[dict[int, int]]:
+    """The rows of a `_counters_statement`, as `_counters_reserve` returns them."""
+    results: list[dict[int, int]] = [{} for _ in range(count)]
+    for n, row_id, value in rows:
+        results[n][row_id] = value
+    return results
+
+
+def _counters_statement(reservations, along, guard: tuple[str, list] | None) -> tuple[str, list]:
+    """`_counters_reserve`'s statement (Postgres) and its parameters."""
     parts, selects, params = [], [], []
     guarded = ""
     if guard is not None:
@@ -1301,12 +1398,7 @@ def _counters_reserve(
         sql, insert_params = insert.statement()
         parts.append(f"inserted{n} AS ({sql})")
         params += insert_params
-    results: list[dict[int, int]] = [{} for _ in reservations]
-    with connection.cursor() as cur:
-        cur.execute(compact_sql(f"WITH {','.join(parts)} {' UNION ALL '.join(selects)}"), params)
-        for n, row_id, value in cur.fetchall():
-            results[n][row_id] = value
-    return results
+    return compact_sql(f"WITH {','.join(parts)} {' UNION ALL '.join(selects)}"), params
 
 
 def _counters_reserve_sqlite(r: _Counters) -> dict[int, int]:

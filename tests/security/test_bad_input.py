@@ -406,7 +406,7 @@ def test_the_rest_of_the_error_table(chat, people, settings):
 
 def test_an_outage_is_503_unavailable_with_retry_after(chat):
     with mock.patch(
-        "apps.messaging.services._counters_reserve", side_effect=OperationalError("down")
+        "apps.messaging.services._counters_statement", side_effect=OperationalError("down")
     ):
         r = api(chat.a1).post("/api/v1/messages", send_body(chat.direct, [chat.b1]), format="json")
     assert (r.status_code, error_of(r)["code"]) == (503, "unavailable")
@@ -588,7 +588,7 @@ async def test_an_outage_on_a_frame_is_an_unavailable_error_and_the_socket_stays
     chat = await database_sync_to_async(Chat)(people)
     ws = await open_socket(chat.a1)
     with mock.patch(
-        "apps.messaging.services._counters_reserve", side_effect=OperationalError("down")
+        "apps.messaging.services._counters_statement", side_effect=OperationalError("down")
     ):
         await ws.send_json_to(send_frame(chat.direct, [chat.b1], frame_id="o"))
         reply = await ws.receive_json_from(timeout=5)
