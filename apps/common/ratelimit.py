@@ -104,12 +104,9 @@ async def arate_limit_hit(
     message: str | None = None,
 ) -> None:
     """`rate_limit_hit` for async code (consumers): no thread hop, one Redis call."""
-    plan = _plan(scope, key, limit, period_s, burst)
-    if plan is None:
-        return
-    client = async_client()
-    wait_ms = _local_hit(*plan) if client is None else await _aredis_hit(client, *plan)
-    refused = _refusal(scope, wait_ms, message)
+    (refused,) = await arate_limit_hit_many(
+        scope=scope, keys=[key], limit=limit, period_s=period_s, burst=burst, message=message
+    )
     if refused is not None:
         raise refused
 
@@ -260,17 +257,6 @@ async def _aevalsha_each(client, sha: str, plans) -> list:
     for key, interval_us, burst in plans:
         pipe.evalsha(sha, 1, key, repr(interval_us), burst)
     return await pipe.execute(raise_on_error=False)
-
-
-async def _aredis_hit(client, key: str, interval_us: float, burst: int) -> int:
-    from redis.exceptions import NoScriptError
-
-    sha = _sha or await _aload(client)
-    try:
-        return int(await client.evalsha(sha, 1, key, repr(interval_us), burst))
-    except NoScriptError:
-        sha = await _aload(client)
-        return int(await client.evalsha(sha, 1, key, repr(interval_us), burst))
 
 
 async def _aload(client) -> str:
