@@ -233,35 +233,58 @@ class UnnestInsert:
     where: str = ""  # a condition on the rows, named k."<column>"
     returning: str = ""
 
+    @property
+    def shape(self) -> tuple:
+        """What the statement's text depends on (not the rows): a key for its cache."""
+        return (
+            self.model._meta.db_table,
+            tuple(self.columns.items()),
+            self.skip_conflicts,
+            self.numbered,
+            self.where,
+            self.returning,
+        )
+
+    @property
+    def sql(self) -> str:
+        """The statement's text: the same string for every insert of its shape."""
+        return _unnest_sql(self.shape)
+
     def statement(self) -> tuple[str, list]:
-        names = ", ".join(f'"{name}"' for name in self.columns)
-        arrays = ", ".join(f"%s::{kind}[]" for kind in self.columns.values())
-        table = self.model._meta.db_table
-        if not (self.numbered or self.where):
-            sql = f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"
-        else:
-            column, key, relation = self.numbered or (None, None, None)
-            values = ", ".join(
-                f'n.value - k."{name}"' if name == column else f'k."{name}"'
-                for name in self.columns
-            )
-            sql = (
-                f"INSERT INTO {table} ({names}) SELECT {values} FROM unnest({arrays}) AS k({names})"
-            )
-            if relation:
-                sql += f' JOIN {relation} AS n(id, value) ON n.id = k."{key}"'
-            if self.where:
-                sql += f" WHERE {self.where}"
-        if self.skip_conflicts:
-            sql += " ON CONFLICT DO NOTHING"
-        if self.returning:
-            sql += f" RETURNING {self.returning}"
-        return sql, [
+        return self.sql, self.params()
+
+    def params(self) -> list[str]:
+        return [
             pg_array(column, kind)
             for column, kind in zip(
                 zip(*self.rows, strict=True), self.columns.values(), strict=True
             )
         ]
+
+
+@functools.lru_cache(maxsize=256)
+def _unnest_sql(shape: tuple) -> str:
+    """The text of an UnnestInsert of this `shape`, built once."""
+    table, columns, skip_conflicts, numbered, where, returning = shape
+    names = ", ".join(f'"{name}"' for name, _ in columns)
+    arrays = ", ".join(f"%s::{kind}[]" for _, kind in columns)
+    if not (numbered or where):
+        sql = f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"
+    else:
+        column, key, relation = numbered or (None, None, None)
+        values = ", ".join(
+            f'n.value - k."{name}"' if name == column else f'k."{name}"' for name, _ in columns
+        )
+        sql = f"INSERT INTO {table} ({names}) SELECT {values} FROM unnest({arrays}) AS k({names})"
+        if relation:
+            sql += f' JOIN {relation} AS n(id, value) ON n.id = k."{key}"'
+        if where:
+            sql += f" WHERE {where}"
+    if skip_conflicts:
+        sql += " ON CONFLICT DO NOTHING"
+    if returning:
+        sql += f" RETURNING {returning}"
+    return sql
 
 
 def insert_unnest_together(*inserts: UnnestInsert) -> None:

@@ -4,6 +4,7 @@ Every function here runs its writes in one transaction and rings doorbells only
 after commit, so a client that hears a doorbell always finds the rows it announces.
 """
 
+import functools
 import uuid
 from collections import Counter, defaultdict
 from contextlib import nullcontext
@@ -746,27 +747,28 @@ def _send_checks(requests, indexes) -> tuple[str, list]:
     ]
 
 
+_MEMBER_RECEIPTS_SQL = """
+    INSERT INTO messaging_receipt (message_id, user_id)
+    SELECT i.id, ms.user_id FROM inserted0 i
+    CROSS JOIN LATERAL (
+        SELECT ms.user_id FROM messaging_membership ms
+        WHERE ms.conversation_id = i.conversation_id AND ms.left_seq IS NULL
+          AND ms.user_id <> i.sender_user_id
+        OFFSET 0
+    ) ms
+"""
+
+
 class _MemberReceiptsInsert:
     """The receipts of the messages a statement inserts (`inserted0`, returning id,
     conversation_id, sender_user_id): one per current member of the chat but the
-    sender, found by the statement itself."""
+    sender, found by the statement itself (_MEMBER_RECEIPTS_SQL)."""
 
     rows = True  # always written, from the statement's own rows
+    sql = _MEMBER_RECEIPTS_SQL
 
-    def statement(self) -> tuple[str, list]:
-        return (
-            """
-            INSERT INTO messaging_receipt (message_id, user_id)
-            SELECT i.id, ms.user_id FROM inserted0 i
-            CROSS JOIN LATERAL (
-                SELECT ms.user_id FROM messaging_membership ms
-                WHERE ms.conversation_id = i.conversation_id AND ms.left_seq IS NULL
-                  AND ms.user_id <> i.sender_user_id
-                OFFSET 0
-            ) ms
-            """,
-            [],
-        )
+    def params(self) -> list:
+        return []
 
 
 _MEMBER_RECEIPTS = _MemberReceiptsInsert()
@@ -1365,40 +1367,61 @@ def _counters_results(rows, count: int) -> list[dict[int, int]]:
 
 
 def _counters_statement(reservations, along, guard: tuple[str, list] | None) -> tuple[str, list]:
-    """`_counters_reserve`'s statement (Postgres) and its parameters."""
-    parts, selects, params = [], [], []
+    """`_counters_reserve`'s statement (Postgres) and its parameters.
+
+    The text depends only on the reservations' and inserts' kinds, not on their
+    rows: it is built once per kind (`_counters_sql`). Building it per batch was
+    4 % of a loaded socket process's Python time.
+    """
+    inserts = [i for i in along if i.rows]
+    sql = _counters_sql(
+        tuple((r.table, r.column, r.only_if, r.also_set) for r in reservations),
+        tuple(i.sql for i in inserts),
+        guard[0] if guard is not None else None,
+    )
+    params = list(guard[1]) if guard is not None else []
+    for r in reservations:
+        row_ids = sorted(r.counts)
+        ids = pg_array(row_ids)
+        params += [ids, pg_array(r.counts[i] for i in row_ids), ids, *r.also_params]
+    for insert in inserts:
+        params += insert.params()
+    return sql, params
+
+
+@functools.lru_cache(maxsize=64)
+def _counters_sql(reservations: tuple, inserts: tuple, guard: str | None) -> str:
+    """The text of a `_counters_statement`: (table, column, only_if, also_set) per
+    reservation, the inserts' texts, the guard's."""
+    parts, selects = [], []
     guarded = ""
     if guard is not None:
-        parts.append(f"checked AS ({guard[0]})")
-        params += guard[1]
+        parts.append(f"checked AS ({guard})")
         guarded = "AND (SELECT ok FROM checked)"
-    for n, r in enumerate(reservations):
-        row_ids = sorted(r.counts)
+    for n, (table, column, only_if, also_set) in enumerate(reservations):
+        condition = f"AND {only_if}" if only_if else ""
+        extra = f", {also_set}" if also_set else ""
         parts.append(
             f"""
             wanted{n}(id, n) AS (SELECT * FROM unnest({opaque_array()}, {opaque_array()})),
             locked{n} AS (
-                SELECT t.id FROM {r.table} t
-                WHERE t.id = ANY({opaque_array()}) {r.condition} {guarded}
+                SELECT t.id FROM {table} t
+                WHERE t.id = ANY({opaque_array()}) {condition} {guarded}
                 ORDER BY t.id FOR NO KEY UPDATE
             ),
             updated{n} AS (
-                UPDATE {r.table} t SET {r.column} = t.{r.column} + w.n{r.extra}
+                UPDATE {table} t SET {column} = t.{column} + w.n{extra}
                 FROM wanted{n} w JOIN locked{n} l ON l.id = w.id
                 WHERE t.id = w.id
-                RETURNING t.id, t.{r.column}
+                RETURNING t.id, t.{column}
             )"""
         )
         # UNION ALL runs its branches in order: the first reservation's rows are
         # locked before the second's, as with one statement each.
         selects.append(f"SELECT {n}, * FROM updated{n}")
-        ids = pg_array(row_ids)
-        params += [ids, pg_array(r.counts[i] for i in row_ids), ids, *r.also_params]
-    for n, insert in enumerate(i for i in along if i.rows):
-        sql, insert_params = insert.statement()
-        parts.append(f"inserted{n} AS ({sql})")
-        params += insert_params
-    return compact_sql(f"WITH {','.join(parts)} {' UNION ALL '.join(selects)}"), params
+    for n, insert in enumerate(inserts):
+        parts.append(f"inserted{n} AS ({insert})")
+    return compact_sql(f"WITH {','.join(parts)} {' UNION ALL '.join(selects)}")
 
 
 def _counters_reserve_sqlite(r: _Counters) -> dict[int, int]:

@@ -335,3 +335,13 @@ def test_the_checked_write_stores_a_receipt_for_each_member_but_the_sender(warm_
     assert list(receipts.values_list("user_id", flat=True)) == [b1.user_id]
     for device in (a2, b1, b2):
         assert [e["seq"] for e in events_of(device, "message")][-1] == 2
+
+
+def test_a_send_batchs_statement_text_is_built_once_for_every_size(warm_chat):
+    a1, b1, conversation = warm_chat
+    services.message_send_many(requests=[request(a1, conversation, [b1])])  # built here
+    before = services._counters_sql.cache_info()
+    for size in (1, 3, 7):
+        services.message_send_many(requests=[request(a1, conversation, [b1]) for _ in range(size)])
+    after = services._counters_sql.cache_info()
+    assert (after.misses, after.hits) == (before.misses, before.hits + 3)
