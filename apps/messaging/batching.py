@@ -20,7 +20,15 @@ from apps.messaging import events, selectors, services
 class _Batcher:
     """Collect calls while a batch runs; run the next batch with all of them."""
 
-    def __init__(self, run_batch, *, gather_s: float = 0.0, lanes: int = 1, crowd: int = 16):
+    def __init__(
+        self,
+        run_batch,
+        *,
+        gather_s: float = 0.0,
+        gather_when_busy_only: bool = False,
+        lanes: int = 1,
+        crowd: int = 16,
+    ):
         # list of requests -> list of results, same order; run on the database
         # threads, or awaited on the loop when it is a coroutine function.
         self.run_batch = run_batch
@@ -28,8 +36,12 @@ class _Batcher:
             run_batch if asyncio.iscoroutinefunction(run_batch) else db_call(run_batch)
         )
         # How long a batch waits for company before it runs: a few milliseconds of
-        # latency that turn a burst of calls into one batch.
+        # latency that turn a burst of calls into one batch. When busy only, a
+        # batch waits only if another ended within BUSY_WINDOW_S: a call after a
+        # quiet spell runs at once.
         self.gather_s = gather_s
+        self.gather_when_busy_only = gather_when_busy_only
+        self.last_ended = float("-inf")  # the loop's time when a batch last ended
         # How many batches may be in the database at once: one, and more only while
         # at least `crowd` calls wait (a queue that one batch at a time cannot keep
         # up with). Below that a second batch would only split the work in smaller
@@ -54,8 +66,10 @@ class _Batcher:
 
     async def _drain(self) -> None:
         try:
+            loop = asyncio.get_running_loop()
             while self.pending:
-                if self.gather_s:
+                busy = loop.time() - self.last_ended < BUSY_WINDOW_S
+                if self.gather_s and (busy or not self.gather_when_busy_only):
                     await asyncio.sleep(self.gather_s)
                 batch, self.pending = self.pending, []
                 self.batches += 1
@@ -69,8 +83,12 @@ class _Batcher:
                     for (_, future), result in zip(batch, results, strict=True):
                         if not future.done():
                             future.set_result(result)
+                self.last_ended = loop.time()
         finally:
             self.active -= 1
+
+
+BUSY_WINDOW_S = 0.01
 
 
 @db_call
@@ -125,11 +143,17 @@ def _batchers() -> dict:
             # little for the acks of the same burst is cheap and saves transactions.
             "ack": _Batcher(_ack_batch, gather_s=settings.NATTER["ACK_GATHER_MS"] / 1000),
             "read": _Batcher(selectors.inbox_after_many),
-            # Sends wait for no one: the ones that arrive while a batch is being
-            # written form the next batch, so a lone send is not delayed. Under a
-            # flood a second batch is written meanwhile (measured: 1,661 → 1,926
-            # delivered/s in bench.load throughput, 2 processes).
-            "send": _Batcher(_send_batch_on_loop, lanes=2),
+            # The sends that arrive while a batch is being written form the next
+            # batch. Under a flood a second batch is written meanwhile (measured:
+            # 1,661 → 1,926 delivered/s in bench.load throughput, 2 processes).
+            # Under load a batch also waits a millisecond for company: on the loop
+            # a batch is quick, so few sends wait for it, and a statement costs
+            # Postgres more per message the fewer it carries (benchmarks.md, tenth
+            # round: -8 % of Postgres's CPU per message at 500/s). A send after a
+            # quiet spell is written at once.
+            "send": _Batcher(
+                _send_batch_on_loop, lanes=2, gather_s=0.001, gather_when_busy_only=True
+            ),
         }
     return batchers
 

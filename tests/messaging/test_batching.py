@@ -92,3 +92,24 @@ async def test_a_second_batch_runs_alongside_only_while_a_crowd_waits():
     assert await asyncio.gather(*flood) == [n * 10 for n in range(1, 60)]
     assert recorder.most == 2
     assert sum(recorder.sizes) == 12 + 60  # every call in exactly one batch
+
+
+async def test_a_batch_gathers_company_only_while_batches_keep_coming():
+    ran = []
+
+    async def run(requests):
+        ran.append(list(requests))
+        return requests
+
+    batcher = batching._Batcher(run, gather_s=0.3, gather_when_busy_only=True)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await batcher.call(1) == 1  # after a quiet spell: at once
+    quiet = loop.time() - started
+    started = loop.time()
+    # Right after a batch ended: the next waits for company, and takes it.
+    together = asyncio.gather(batcher.call(2), batcher.call(3))
+    assert await together == [2, 3]
+    busy = loop.time() - started
+    assert quiet < 0.15 and busy >= 0.3
+    assert ran == [[1], [2, 3]]
