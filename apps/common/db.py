@@ -162,7 +162,6 @@ def opaque_array(kind: str = "bigint") -> str:
     return f"(SELECT %s::{kind}[])::{kind}[]"
 
 
-@functools.lru_cache(maxsize=256)
 def compact_sql(sql: str) -> str:
     """`sql` with each run of whitespace outside its string literals made one space.
 

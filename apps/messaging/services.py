@@ -172,11 +172,11 @@ def message_send_many(
     if refused is not None and len(firsts) != len(requests):
         raise ValueError("Limits taken beforehand are for a burst with no send repeated.")
     hits = refused if refused is not None else _send_rate_limit_hits([requests[i] for i in firsts])
-    for i, refused in zip(firsts, hits, strict=True):
-        if refused is None:
+    for i, refusal in zip(firsts, hits, strict=True):
+        if refusal is None:
             fresh.append(i)
         else:
-            results[i] = refused
+            results[i] = refusal
     if _checkable_in_the_write(requests, fresh):
         try:
             written = _direct_messages_write_checked(requests, fresh)
@@ -692,14 +692,13 @@ def _direct_messages_write_checked(requests, indexes) -> dict[int, SendResult | 
     return _direct_messages_write_at_once(requests, indexes, members=None)
 
 
-# Whether every send of the batch passes its checks, one row per send and one per
-# member looked up through the indexes (LATERAL ... OFFSET 0, see
-# _MEMBERS_AND_DEVICES_SQL: joined, the generic plan hashed the whole device table
-# for each send): the chat
-# exists and is direct, the sender is a current member, no message has the send's
-# client id, a reply names a seq that exists, and the devices the ciphertexts are for
-# (sorted ids, comma-joined) are exactly the keyed active devices of the chat's
-# members but the sending one.
+# Whether every send of the batch passes its checks: the chat exists and is direct,
+# the sender is a current member, no message has the send's client id, a reply
+# names a seq that exists, and the devices the ciphertexts are for (sorted ids,
+# comma-joined) are exactly the keyed active devices of the chat's members but the
+# sending one. One row per send and one per member are looked up through the
+# indexes (LATERAL ... OFFSET 0, see _MEMBERS_AND_DEVICES_SQL: joined, the generic
+# plan hashed the whole device table for each send).
 _SEND_CHECKS_SQL = f"""
     SELECT count(*) = %s::bigint AND coalesce(bool_and(ch.ok), false) AS ok
     FROM unnest({opaque_array()}, {opaque_array()}, {opaque_array()}, {opaque_array("uuid")},
@@ -732,7 +731,7 @@ _SEND_CHECKS_SQL = f"""
 
 
 def _send_checks(requests, indexes) -> tuple[str, list]:
-    """The statement's guard (see _counters_reserve) for these sends: _SEND_CHECKS_SQL."""
+    """The statement's guard (see _counters_statement) for these sends: _SEND_CHECKS_SQL."""
     sends = [requests[i] for i in indexes]
     return _SEND_CHECKS_SQL, [
         str(len(sends)),
@@ -1329,30 +1328,14 @@ class _Counters:
         return f", {self.also_set}" if self.also_set else ""
 
 
-def _counters_reserve(
-    *reservations: _Counters,
-    along: tuple[UnnestInsert, ...] = (),
-    guard: tuple[str, list] | None = None,
-) -> list[dict[int, int]]:
+def _counters_reserve(*reservations: _Counters) -> list[dict[int, int]]:
     """Make each reservation, in order; return the new values of each one's rows.
 
-    On Postgres one statement for all of them, and for the inserts `along` (after
-    the reservations, the n-th named `inserted{n}`; the n-th reservation's rows are
-    `updated{n}`, for an insert numbered from them). Locks are taken in id order so
-    two writers never deadlock, and are FOR NO KEY UPDATE: the foreign keys of rows
-    inserted elsewhere are checked at commit (they are deferred) with KEY SHARE
-    locks on these rows, which a FOR UPDATE would block out of order (deadlocks seen
-    between a batch of sends and a batch of acks under load).
-
-    `guard` (Postgres, SQL and its parameters) is a query of one boolean column,
-    `ok`: when it is false nothing is reserved, so nothing numbered from the
-    reservations is inserted either, and every result is empty.
+    On Postgres one statement for all of them (`_counters_statement`).
     """
     if connection.vendor != "postgresql":
-        if along:
-            raise ValueError("`along` inserts need Postgres.")
         return [_counters_reserve_sqlite(r) for r in reservations]
-    sql, params = _counters_statement(reservations, along, guard)
+    sql, params = _counters_statement(reservations, (), None)
     with connection.cursor() as cur:
         cur.execute(sql, params)
         return _counters_results(cur.fetchall(), len(reservations))
@@ -1367,7 +1350,20 @@ def _counters_results(rows, count: int) -> list[dict[int, int]]:
 
 
 def _counters_statement(reservations, along, guard: tuple[str, list] | None) -> tuple[str, list]:
-    """`_counters_reserve`'s statement (Postgres) and its parameters.
+    """The statement (Postgres) that makes each reservation, in order, and the
+    inserts `along` after them, and its parameters; its rows are read by
+    `_counters_results`.
+
+    The n-th reservation's rows are `updated{n}` and the n-th insert is
+    `inserted{n}`, for an insert numbered from them. Locks are taken in id order so
+    two writers never deadlock, and are FOR NO KEY UPDATE: the foreign keys of rows
+    inserted elsewhere are checked at commit (they are deferred) with KEY SHARE
+    locks on these rows, which a FOR UPDATE would block out of order (deadlocks seen
+    between a batch of sends and a batch of acks under load).
+
+    `guard` (SQL and its parameters) is a query of one boolean column, `ok`: when
+    it is false nothing is reserved, so nothing numbered from the reservations is
+    inserted either, and every result is empty.
 
     The text depends only on the reservations' and inserts' kinds, not on their
     rows: it is built once per kind (`_counters_sql`). Building it per batch was
@@ -1375,7 +1371,7 @@ def _counters_statement(reservations, along, guard: tuple[str, list] | None) -> 
     """
     inserts = [i for i in along if i.rows]
     sql = _counters_sql(
-        tuple((r.table, r.column, r.only_if, r.also_set) for r in reservations),
+        tuple((r.table, r.column, r.condition, r.extra) for r in reservations),
         tuple(i.sql for i in inserts),
         guard[0] if guard is not None else None,
     )
@@ -1391,16 +1387,14 @@ def _counters_statement(reservations, along, guard: tuple[str, list] | None) -> 
 
 @functools.lru_cache(maxsize=64)
 def _counters_sql(reservations: tuple, inserts: tuple, guard: str | None) -> str:
-    """The text of a `_counters_statement`: (table, column, only_if, also_set) per
-    reservation, the inserts' texts, the guard's."""
+    """The text of a `_counters_statement`: (table, column, condition, extra) per
+    reservation (see `_Counters`), the inserts' texts, the guard's."""
     parts, selects = [], []
     guarded = ""
     if guard is not None:
         parts.append(f"checked AS ({guard})")
         guarded = "AND (SELECT ok FROM checked)"
-    for n, (table, column, only_if, also_set) in enumerate(reservations):
-        condition = f"AND {only_if}" if only_if else ""
-        extra = f", {also_set}" if also_set else ""
+    for n, (table, column, condition, extra) in enumerate(reservations):
         parts.append(
             f"""
             wanted{n}(id, n) AS (SELECT * FROM unnest({opaque_array()}, {opaque_array()})),
