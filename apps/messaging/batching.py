@@ -25,7 +25,7 @@ class _Batcher:
         run_batch,
         *,
         gather_s: float = 0.0,
-        gather_when_busy_only: bool = False,
+        gather_when_crowded_only: bool = False,
         lanes: int = 1,
         crowd: int = 16,
     ):
@@ -36,12 +36,14 @@ class _Batcher:
             run_batch if asyncio.iscoroutinefunction(run_batch) else db_call(run_batch)
         )
         # How long a batch waits for company before it runs: a few milliseconds of
-        # latency that turn a burst of calls into one batch. When busy only, a
-        # batch waits only if another ended within BUSY_WINDOW_S: a call after a
-        # quiet spell runs at once.
+        # latency that turn a burst of calls into one batch. When crowded only, a
+        # batch waits only if the one before it held company and ended within
+        # BUSY_WINDOW_S: calls arrive faster than batches run. A call after a quiet
+        # spell, or among calls that come one at a time, runs at once.
         self.gather_s = gather_s
-        self.gather_when_busy_only = gather_when_busy_only
+        self.gather_when_crowded_only = gather_when_crowded_only
         self.last_ended = float("-inf")  # the loop's time when a batch last ended
+        self.last_size = 0  # how many calls that batch held
         # How many batches may be in the database at once: one, and more only while
         # at least `crowd` calls wait (a queue that one batch at a time cannot keep
         # up with). Below that a second batch would only split the work in smaller
@@ -68,8 +70,8 @@ class _Batcher:
         try:
             loop = asyncio.get_running_loop()
             while self.pending:
-                busy = loop.time() - self.last_ended < BUSY_WINDOW_S
-                if self.gather_s and (busy or not self.gather_when_busy_only):
+                crowded = self.last_size > 1 and loop.time() - self.last_ended < BUSY_WINDOW_S
+                if self.gather_s and (crowded or not self.gather_when_crowded_only):
                     await asyncio.sleep(self.gather_s)
                 batch, self.pending = self.pending, []
                 self.batches += 1
@@ -83,7 +85,7 @@ class _Batcher:
                     for (_, future), result in zip(batch, results, strict=True):
                         if not future.done():
                             future.set_result(result)
-                self.last_ended = loop.time()
+                self.last_ended, self.last_size = loop.time(), len(batch)
         finally:
             self.active -= 1
 
@@ -146,13 +148,15 @@ def _batchers() -> dict:
             # The sends that arrive while a batch is being written form the next
             # batch. Under a flood a second batch is written meanwhile (measured:
             # 1,661 → 1,926 delivered/s in bench.load throughput, 2 processes).
-            # Under load a batch also waits a millisecond for company: on the loop
-            # a batch is quick, so few sends wait for it, and a statement costs
-            # Postgres more per message the fewer it carries (benchmarks.md, tenth
-            # round: -8 % of Postgres's CPU per message at 500/s). A send after a
-            # quiet spell is written at once.
+            # When sends come faster than batches run (the last batch held company)
+            # a batch also waits a millisecond for more: on the loop a batch is
+            # quick, so few sends wait for it, and a statement costs Postgres more
+            # per message the fewer it carries. Sends that come one at a time are
+            # written at once: at 500/s a wait after every batch cost the p50 a
+            # millisecond and gathered almost nothing (benchmarks.md, eleventh
+            # round).
             "send": _Batcher(
-                _send_batch_on_loop, lanes=2, gather_s=0.001, gather_when_busy_only=True
+                _send_batch_on_loop, lanes=2, gather_s=0.001, gather_when_crowded_only=True
             ),
         }
     return batchers

@@ -94,22 +94,31 @@ async def test_a_second_batch_runs_alongside_only_while_a_crowd_waits():
     assert sum(recorder.sizes) == 12 + 60  # every call in exactly one batch
 
 
-async def test_a_batch_gathers_company_only_while_batches_keep_coming():
+async def test_a_batch_gathers_company_only_right_after_a_crowded_batch():
     ran = []
 
     async def run(requests):
         ran.append(list(requests))
         return requests
 
-    batcher = batching._Batcher(run, gather_s=0.3, gather_when_busy_only=True)
+    batcher = batching._Batcher(run, gather_s=0.3, gather_when_crowded_only=True)
     loop = asyncio.get_running_loop()
-    started = loop.time()
-    assert await batcher.call(1) == 1  # after a quiet spell: at once
-    quiet = loop.time() - started
-    started = loop.time()
-    # Right after a batch ended: the next waits for company, and takes it.
-    together = asyncio.gather(batcher.call(2), batcher.call(3))
-    assert await together == [2, 3]
-    busy = loop.time() - started
-    assert quiet < 0.15 and busy >= 0.3
-    assert ran == [[1], [2, 3]]
+
+    async def timed(*calls):
+        started = loop.time()
+        results = await asyncio.gather(*(batcher.call(c) for c in calls))
+        assert results == list(calls)
+        return loop.time() - started
+
+    # After a quiet spell, and right after a batch of one (calls come one at a
+    # time): at once.
+    assert await timed(1) < 0.15
+    assert await timed(2) < 0.15
+    assert await timed(3, 4) < 0.15  # two at once: one batch, still at once
+    # Right after a batch that held company: the next waits for more.
+    assert await timed(5) >= 0.3
+    # A crowded batch long ago does not make a call wait.
+    await timed(6, 7)
+    await asyncio.sleep(batching.BUSY_WINDOW_S * 2)
+    assert await timed(8) < 0.15
+    assert ran == [[1], [2], [3, 4], [5], [6, 7], [8]]
