@@ -15,6 +15,7 @@ is what moving frames costs, reported beside the server's.
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -168,6 +169,47 @@ class Arrivals:
         }
 
 
+class CollectorPauses:
+    """The generator's own garbage-collector passes while it measures.
+
+    The generator stamps each delivery when its loop gets to it, so a pass that
+    stops the loop shows as latency the server never caused. Reported beside the
+    figures so a gap can be told apart from the server's.
+    """
+
+    def __init__(self):
+        self.started = None
+        self.longest = 0.0
+        self.total = 0.0
+        self.full = 0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self.started = now
+            return
+        if self.started is not None:
+            pause = now - self.started
+            self.longest = max(self.longest, pause)
+            self.total += pause
+            self.full += info["generation"] == 2
+        self.started = None
+
+    def __enter__(self):
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self)
+
+    def figures(self) -> dict:
+        return {
+            "generator_gc_longest_ms": round(1000 * self.longest, 1),
+            "generator_gc_s": round(self.total, 3),
+            "generator_gc_full_passes": self.full,
+        }
+
+
 async def pairs_traffic(urls, pids, pairs, *, window, seconds, warmup, rate=None) -> dict:
     """Senders send to their receivers; everyone takes and acks its events (receivers
     the messages, senders their receipts); count and time deliveries."""
@@ -238,7 +280,7 @@ async def pairs_traffic(urls, pids, pairs, *, window, seconds, warmup, rate=None
     # on the same database 1,750/s.
     await asyncio.to_thread(analyze)
     state["measuring"] = True
-    with Meter(pids) as meter:
+    with Meter(pids) as meter, CollectorPauses() as pauses:
         await asyncio.sleep(seconds)
     state["measuring"] = False
     state["stop"] = True
@@ -250,6 +292,7 @@ async def pairs_traffic(urls, pids, pairs, *, window, seconds, warmup, rate=None
         "send_errors": errors[0],
         **percentiles(latencies),
         **arrivals.figures(),
+        **pauses.figures(),
         "server_cpu_pct": meter.server_cpu,
         "generator_cpu_pct": meter.generator_cpu,
         "postgres_cpu_pct": meter.postgres_cpu,
