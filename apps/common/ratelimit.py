@@ -86,8 +86,8 @@ def rate_limit_hit_many(
     hit each was a round trip each, one after the other, on the batch that every
     waiting send of the process sits behind. A key given twice takes two tokens.
     """
-    plans = [_plan(scope, key, limit, period_s, burst) for key in keys]
-    if not keys or plans[0] is None:
+    plans = _plans(scope, keys, limit, period_s, burst)
+    if plans is None:
         return [None] * len(keys)
     client = sync_client()
     waits = [_local_hit(*p) for p in plans] if client is None else _redis_hits(client, plans)
@@ -121,8 +121,8 @@ async def arate_limit_hit_many(
     message: str | None = None,
 ) -> list[RateLimited | None]:
     """`rate_limit_hit_many` for async code: one pipelined Redis round trip, no thread."""
-    plans = [_plan(scope, key, limit, period_s, burst) for key in keys]
-    if not keys or plans[0] is None:
+    plans = _plans(scope, keys, limit, period_s, burst)
+    if plans is None:
         return [None] * len(keys)
     client = async_client()
     waits = [_local_hit(*p) for p in plans] if client is None else await _aredis_hits(client, plans)
@@ -194,6 +194,13 @@ def _plan(scope, key, limit, period_s, burst) -> tuple[str, float, int] | None:
     burst = max(1, int(burst if burst is not None else limit))
     interval_us = period_s * 1_000_000 / limit
     return cache.make_key(f"rl:{scope}:{key}"), interval_us, burst
+
+
+def _plans(scope, keys, limit, period_s, burst) -> list[tuple[str, float, int]] | None:
+    """Each key's plan, in order; None when there is nothing to take (no keys, or
+    the limits are off, which is the same for every key)."""
+    plans = [_plan(scope, key, limit, period_s, burst) for key in keys]
+    return plans if keys and plans[0] is not None else None
 
 
 def _refusal(scope: str, wait_ms: int, message: str | None) -> RateLimited | None:

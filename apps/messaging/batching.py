@@ -29,9 +29,8 @@ class _Batcher:
         lanes: int = 1,
         crowd: int = 16,
     ):
-        # list of requests -> list of results, same order; run on the database
-        # threads, or awaited on the loop when it is a coroutine function.
-        self.run_batch = run_batch
+        # `run_batch`: list of requests -> list of results, same order; run on the
+        # database threads, or awaited on the loop when it is a coroutine function.
         self.run = (  # built once, not per batch
             run_batch if asyncio.iscoroutinefunction(run_batch) else db_call(run_batch)
         )
