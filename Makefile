@@ -172,7 +172,7 @@ test: install
 	bash scripts/services.sh ensure
 	bash scripts/browser.sh ensure
 	status=0
-	$(VENV_PY) -m pytest $(PYTEST_ARGS) || status=$$?
+	$(VENV_PY) -m pytest --junitxml=var/reports/test.xml $(PYTEST_ARGS) || status=$$?
 	if [ $$status -eq 5 ]; then
 	  echo "make test: pytest collected no tests (exit 5); that counts as a failure" >&2
 	fi
@@ -195,7 +195,8 @@ test-faults: install
 	fi
 	status=0
 	# The test process itself touches no database: only the servers it starts do.
-	DATABASE_URL= REDIS_URL= $(VENV_PY) -m pytest -p no:cacheprovider tests/faults $(PYTEST_ARGS) || status=$$?
+	DATABASE_URL= REDIS_URL= $(VENV_PY) -m pytest -p no:cacheprovider \
+	  --junitxml=var/reports/faults.xml tests/faults $(PYTEST_ARGS) || status=$$?
 	if [ $$status -eq 5 ]; then
 	  echo "make test-faults: pytest collected no tests (exit 5); that counts as a failure" >&2
 	fi
