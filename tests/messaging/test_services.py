@@ -150,6 +150,21 @@ def test_an_ack_counts_its_own_receipts_delivered_and_stops_below_the_next_pendi
     assert Receipt.objects.filter(delivered_at__isnull=True).count() == 0
 
 
+def test_the_watermark_passes_the_members_own_messages_up_to_the_next_pending(chat):
+    # Bob's own messages have no receipt of his, so they never hold his watermark
+    # back: it stops only below the next message to him still pending.
+    alice, bob, a1, a2, b1, b2, conversation = chat
+    send(a1, conversation, [a2, b1, b2])  # seq 1, to Bob
+    send(b2, conversation, [a1, a2, b1])  # seqs 2 and 3, Bob's own
+    send(b2, conversation, [a1, a2, b1])
+    send(a1, conversation, [a2, b1, b2])  # seq 4, to Bob
+    services.inbox_ack(device=b1, cursor=inbox(b1)[0]["cursor"])  # seq 1 only
+    assert [r["up_to_seq"] for r in events_of(a1, "receipt")] == [3]
+    services.inbox_ack(device=b1, cursor=inbox(b1)[-1]["cursor"])
+    assert [r["up_to_seq"] for r in events_of(a1, "receipt")] == [3, 4]
+    assert Membership.objects.get(conversation=conversation, user=bob).delivered_seq == 4
+
+
 @pytest.mark.django_db(transaction=True)
 def test_two_devices_acking_at_once_deliver_everything_once(people):
     alice, bob = people.user(), people.user()
