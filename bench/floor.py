@@ -34,9 +34,10 @@ from apps.accounts.scope_auth import device_for_scope  # noqa: E402
 from apps.common import ids, jsonutil  # noqa: E402
 from apps.common.asgi import SessionsForCookies  # noqa: E402
 from apps.common.db import NoConnectionSweepMixin  # noqa: E402
+from apps.common.loopwatch import LoopWatch  # noqa: E402
 from apps.messaging.consumers import hello_frame, parse_frame  # noqa: E402
 from apps.messaging.selectors import message_event  # noqa: E402
-from config.asgi import application as natter_application  # noqa: E402
+from config.asgi import router as natter_router  # noqa: E402
 
 # This process's sockets, by device id (the newest wins, as in Natter).
 _SOCKETS: dict[int, "FloorConsumer"] = {}
@@ -175,12 +176,15 @@ class FloorConsumer(NoConnectionSweepMixin, AsyncWebsocketConsumer):
         await self.send(text_data=jsonutil.dumps(frame))
 
 
-application = ProtocolTypeRouter(
-    {
-        # The same HTTP side (bench.server waits for "/" to answer before it runs).
-        "http": natter_application.application_mapping["http"],
-        "websocket": SessionsForCookies(
-            URLRouter([re_path(r"^ws/v1/?$", FloorConsumer.as_asgi())])
-        ),
-    }
+# Watched as Natter's own application is (config/asgi.py), for the same figures.
+application = LoopWatch(
+    ProtocolTypeRouter(
+        {
+            # The same HTTP side (bench.server waits for "/" to answer before it runs).
+            "http": natter_router.application_mapping["http"],
+            "websocket": SessionsForCookies(
+                URLRouter([re_path(r"^ws/v1/?$", FloorConsumer.as_asgi())])
+            ),
+        }
+    )
 )

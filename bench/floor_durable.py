@@ -36,8 +36,9 @@ from django.urls import re_path  # noqa: E402
 from apps.common import ids  # noqa: E402
 from apps.common.asgi import SessionsForCookies  # noqa: E402
 from apps.common.db import db_call, pg_array  # noqa: E402
+from apps.common.loopwatch import LoopWatch  # noqa: E402
 from apps.messaging.batching import _Batcher as Batcher  # noqa: E402
-from bench.floor import FloorConsumer, natter_application  # noqa: E402
+from bench.floor import FloorConsumer, natter_router  # noqa: E402
 
 TABLE = "bench_floor_inbox"
 
@@ -151,11 +152,14 @@ class DurableFloorConsumer(FloorConsumer):
         return covered
 
 
-application = ProtocolTypeRouter(
-    {
-        "http": natter_application.application_mapping["http"],
-        "websocket": SessionsForCookies(
-            URLRouter([re_path(r"^ws/v1/?$", DurableFloorConsumer.as_asgi())])
-        ),
-    }
+# Watched as Natter's own application is (config/asgi.py), for the same figures.
+application = LoopWatch(
+    ProtocolTypeRouter(
+        {
+            "http": natter_router.application_mapping["http"],
+            "websocket": SessionsForCookies(
+                URLRouter([re_path(r"^ws/v1/?$", DurableFloorConsumer.as_asgi())])
+            ),
+        }
+    )
 )

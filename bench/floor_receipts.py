@@ -30,8 +30,9 @@ from django.urls import re_path  # noqa: E402
 
 from apps.common import jsonutil  # noqa: E402
 from apps.common.asgi import SessionsForCookies  # noqa: E402
+from apps.common.loopwatch import LoopWatch  # noqa: E402
 from apps.messaging.batching import _Batcher as Batcher  # noqa: E402
-from bench.floor import natter_application  # noqa: E402
+from bench.floor import natter_router  # noqa: E402
 from bench.floor_durable import DurableFloorConsumer, store_rows  # noqa: E402
 
 
@@ -67,11 +68,14 @@ class ReceiptsFloorConsumer(DurableFloorConsumer):
             )
 
 
-application = ProtocolTypeRouter(
-    {
-        "http": natter_application.application_mapping["http"],
-        "websocket": SessionsForCookies(
-            URLRouter([re_path(r"^ws/v1/?$", ReceiptsFloorConsumer.as_asgi())])
-        ),
-    }
+# Watched as Natter's own application is (config/asgi.py), for the same figures.
+application = LoopWatch(
+    ProtocolTypeRouter(
+        {
+            "http": natter_router.application_mapping["http"],
+            "websocket": SessionsForCookies(
+                URLRouter([re_path(r"^ws/v1/?$", ReceiptsFloorConsumer.as_asgi())])
+            ),
+        }
+    )
 )

@@ -210,6 +210,94 @@ class CollectorPauses:
         }
 
 
+# Upper bounds (s) past which a server's loop lag or collector pass counts as a stall.
+LOOP_STALL_S = 0.1
+GC_LONG_S = 0.05
+
+
+def histogram_buckets(metrics_text: str, name: str) -> dict[float, float]:
+    """Cumulative bucket counts of a Prometheus histogram, summed over its labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != name:
+            continue
+        for sample in family.samples:
+            if sample.name == name + "_bucket":
+                bound = float(sample.labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value
+    return buckets
+
+
+def over(buckets: dict[float, float], bound: float) -> int:
+    """How many observations a cumulative histogram holds above `bound`."""
+    return round(buckets.get(float("inf"), 0.0) - buckets.get(bound, 0.0))
+
+
+def worst_bucket(buckets: dict[float, float]) -> float | None:
+    """The upper bound of the highest bucket with an observation (None: none)."""
+    worst, below = None, 0.0
+    for bound in sorted(buckets):
+        if buckets[bound] > below:
+            worst = bound
+        below = buckets[bound]
+    return worst
+
+
+class ServerPauses:
+    """The servers' own pauses while measuring, from each process's /metrics.
+
+    `natter_event_loop_lag_seconds` (how late each process's loop ran a timer) and
+    `natter_gc_pause_seconds`, read before and after the window: a stall of every
+    delivery that shows in a server's loop lag was that server's, one that does not
+    was elsewhere (Postgres, Redis, the generator). Needs METRICS_TOKEN (bench_env
+    sets one); without access the figures are left out.
+    """
+
+    def __init__(self, urls):
+        self.urls = urls
+        self.token = os.environ.get("METRICS_TOKEN") or "bench"
+
+    async def read(self) -> dict[str, dict[float, float]] | None:
+        import httpx
+
+        lag: dict[float, float] = {}
+        gc_: dict[float, float] = {}
+        async with httpx.AsyncClient(timeout=5) as client:
+            for url in self.urls:
+                try:
+                    response = await client.get(
+                        url + "/metrics", headers={"Authorization": f"Bearer {self.token}"}
+                    )
+                except httpx.HTTPError:
+                    return None
+                if response.status_code != 200:
+                    return None
+                for total, name in (
+                    (lag, "natter_event_loop_lag_seconds"),
+                    (gc_, "natter_gc_pause_seconds"),
+                ):
+                    for bound, count in histogram_buckets(response.text, name).items():
+                        total[bound] = total.get(bound, 0.0) + count
+        return {"lag": lag, "gc": gc_}
+
+    @staticmethod
+    def figures(before, after) -> dict:
+        if before is None or after is None:
+            return {}
+        window = {
+            kind: {b: after[kind].get(b, 0.0) - before[kind].get(b, 0.0) for b in after[kind]}
+            for kind in ("lag", "gc")
+        }
+        return {
+            "server_loop_lags_over_100ms": over(window["lag"], LOOP_STALL_S),
+            "server_loop_lag_worst_le_s": worst_bucket(window["lag"]),
+            "server_gc_passes_over_50ms": over(window["gc"], GC_LONG_S),
+            "server_gc_worst_le_s": worst_bucket(window["gc"]),
+        }
+
+
 async def pairs_traffic(urls, pids, pairs, *, window, seconds, warmup, rate=None) -> dict:
     """Senders send to their receivers; everyone takes and acks its events (receivers
     the messages, senders their receipts); count and time deliveries."""
@@ -279,10 +367,13 @@ async def pairs_traffic(urls, pids, pairs, *, window, seconds, warmup, rate=None
     # empty tables: the first run on a fresh database delivered 1,100/s, the second
     # on the same database 1,750/s.
     await asyncio.to_thread(analyze)
+    server_pauses = ServerPauses(urls)
+    paused_before = await server_pauses.read()
     state["measuring"] = True
     with Meter(pids) as meter, CollectorPauses() as pauses:
         await asyncio.sleep(seconds)
     state["measuring"] = False
+    paused_after = await server_pauses.read()
     state["stop"] = True
     await asyncio.gather(*tasks, return_exceptions=True)
     await close_all(senders + receivers)
@@ -293,6 +384,7 @@ async def pairs_traffic(urls, pids, pairs, *, window, seconds, warmup, rate=None
         **percentiles(latencies),
         **arrivals.figures(),
         **pauses.figures(),
+        **ServerPauses.figures(paused_before, paused_after),
         "server_cpu_pct": meter.server_cpu,
         "generator_cpu_pct": meter.generator_cpu,
         "postgres_cpu_pct": meter.postgres_cpu,

@@ -64,6 +64,8 @@ def bench_env(database: str = "natter_bench") -> dict:
         # Benchmarks measure the server, not the abuse limits.
         "SEND_RATE_PER_MINUTE": "1000000",
         "NATTER_RATE_LIMITS": "off",
+        # bench.load reads each process's /metrics (its loop lag and collector pauses).
+        "METRICS_TOKEN": os.environ.get("METRICS_TOKEN") or "bench",
         "PYTHONUNBUFFERED": "1",
     }
 

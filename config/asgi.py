@@ -15,16 +15,18 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
 from apps.common.asgi import BodySizeLimit, SessionsForCookies  # noqa: E402
+from apps.common.loopwatch import LoopWatch  # noqa: E402
 from apps.messaging.consumers import InboxConsumer  # noqa: E402
 from apps.messaging.longpoll import EventsLongPollConsumer  # noqa: E402
 
-application = ProtocolTypeRouter(
+router = ProtocolTypeRouter(
     {
         "http": BodySizeLimit(
             URLRouter(
                 [
                     re_path(
-                        r"^api/v1/events/?$", SessionsForCookies(EventsLongPollConsumer.as_asgi())
+                        r"^api/v1/events/?$",
+                        SessionsForCookies(EventsLongPollConsumer.as_asgi()),
                     ),
                     re_path(r"", django_asgi_app),
                 ]
@@ -37,3 +39,6 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# LoopWatch: each process's event-loop lag and collector pauses, in /metrics.
+application = LoopWatch(router)
