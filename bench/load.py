@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import uvloop
 
+from apps.common import loopwatch
 from bench.population import analyze, make_devices, make_pairs, setup_django
 from bench.server import bench_env, cpu_jiffies, daphne, postgres_cpu_s, proc_stats
 from natter_client.transport import WebSocketConnection
@@ -298,6 +299,37 @@ class ServerPauses:
         }
 
 
+class GeneratorLoopLag:
+    """The generator's own event-loop lag while measuring: the servers' ticker
+    (apps.common.loopwatch), run in the generator. The generator stamps a delivery
+    when its loop gets to it, so a loop held up here shows as a stall of every
+    delivery that no server caused."""
+
+    def __enter__(self):
+        loopwatch.watch_event_loop()
+        self.before = self.after = self._buckets()
+        return self
+
+    def __exit__(self, *exc):
+        self.after = self._buckets()
+
+    @staticmethod
+    def _buckets() -> dict[float, float]:
+        return {
+            float(sample.labels["le"]): sample.value
+            for family in loopwatch.LOOP_LAG.collect()
+            for sample in family.samples
+            if sample.name.endswith("_bucket")
+        }
+
+    def figures(self) -> dict:
+        window = {b: self.after[b] - self.before.get(b, 0.0) for b in self.after}
+        return {
+            "generator_loop_lags_over_100ms": over(window, LOOP_STALL_S),
+            "generator_loop_lag_worst_le_s": worst_bucket(window),
+        }
+
+
 async def pairs_traffic(urls, pids, pairs, *, window, seconds, warmup, rate=None) -> dict:
     """Senders send to their receivers; everyone takes and acks its events (receivers
     the messages, senders their receipts); count and time deliveries."""
@@ -370,7 +402,7 @@ async def pairs_traffic(urls, pids, pairs, *, window, seconds, warmup, rate=None
     server_pauses = ServerPauses(urls)
     paused_before = await server_pauses.read()
     state["measuring"] = True
-    with Meter(pids) as meter, CollectorPauses() as pauses:
+    with Meter(pids) as meter, CollectorPauses() as pauses, GeneratorLoopLag() as lagged:
         await asyncio.sleep(seconds)
     state["measuring"] = False
     paused_after = await server_pauses.read()
@@ -385,6 +417,7 @@ async def pairs_traffic(urls, pids, pairs, *, window, seconds, warmup, rate=None
         **arrivals.figures(),
         **pauses.figures(),
         **ServerPauses.figures(paused_before, paused_after),
+        **lagged.figures(),
         "server_cpu_pct": meter.server_cpu,
         "generator_cpu_pct": meter.generator_cpu,
         "postgres_cpu_pct": meter.postgres_cpu,

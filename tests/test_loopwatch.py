@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from apps.common import loopwatch
-from bench.load import ServerPauses, histogram_buckets, over, worst_bucket
+from bench.load import GeneratorLoopLag, ServerPauses, histogram_buckets, over, worst_bucket
 from tests.bench_apps import serving_process
 
 
@@ -118,3 +118,18 @@ def test_a_stopped_server_process_shows_its_stall_to_the_benchmark(tmp_path: Pat
 
 def test_without_access_to_metrics_the_figures_are_left_out():
     assert ServerPauses.figures(None, None) == {}
+
+
+@pytest.mark.asyncio
+async def test_the_generators_own_loop_lag_is_counted_for_its_window_only():
+    loopwatch.watch_event_loop()
+    await asyncio.sleep(loopwatch.TICK_S * 2)
+    time.sleep(0.3)  # noqa: ASYNC251 - before the window: not counted
+    await asyncio.sleep(loopwatch.TICK_S * 2)
+    with GeneratorLoopLag() as lagged:
+        await asyncio.sleep(loopwatch.TICK_S * 3)
+        time.sleep(0.15)  # noqa: ASYNC251 - the generator's loop held up
+        await asyncio.sleep(loopwatch.TICK_S * 3)
+    figures = lagged.figures()
+    assert figures["generator_loop_lags_over_100ms"] == 1
+    assert figures["generator_loop_lag_worst_le_s"] == 0.25  # 0.15 s: in (0.1, 0.25]
