@@ -36,6 +36,8 @@ def test_only_staff_or_the_metrics_token_may_scrape(people, staff, settings):
         "natter_inbox_depth",
         "natter_fanout_lag_seconds",
         "natter_delivery_latency_seconds_bucket",
+        "natter_event_loop_lag_seconds_bucket",
+        "natter_gc_pause_seconds_bucket",
     ):
         assert name in page.content.decode()
 

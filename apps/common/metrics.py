@@ -26,6 +26,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+# Registered with the rest: each process's event-loop lag and collector pauses.
+from apps.common import loopwatch  # noqa: F401
+
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 SOCKETS = Gauge(
