@@ -16,6 +16,9 @@ from apps.common.db import db_call, execute_on_loop, unreachable
 from apps.common.errors import NatterError
 from apps.messaging import events, selectors, services
 
+# A batch that ended this recently, holding company, makes the next one wait for more.
+BUSY_WINDOW_S = 0.01
+
 
 class _Batcher:
     """Collect calls while a batch runs; run the next batch with all of them."""
@@ -26,6 +29,7 @@ class _Batcher:
         *,
         gather_s: float = 0.0,
         gather_when_crowded_only: bool = False,
+        busy_window_s: float = BUSY_WINDOW_S,
         lanes: int = 1,
         crowd: int = 16,
     ):
@@ -37,10 +41,11 @@ class _Batcher:
         # How long a batch waits for company before it runs: a few milliseconds of
         # latency that turn a burst of calls into one batch. When crowded only, a
         # batch waits only if the one before it held company and ended within
-        # BUSY_WINDOW_S: calls arrive faster than batches run. A call after a quiet
+        # `busy_window_s`: calls arrive faster than batches run. A call after a quiet
         # spell, or among calls that come one at a time, runs at once.
         self.gather_s = gather_s
         self.gather_when_crowded_only = gather_when_crowded_only
+        self.busy_window_s = busy_window_s
         self.last_ended = float("-inf")  # the loop's time when a batch last ended
         self.last_size = 0  # how many calls that batch held
         # How many batches may be in the database at once: one, and more only while
@@ -69,7 +74,7 @@ class _Batcher:
         try:
             loop = asyncio.get_running_loop()
             while self.pending:
-                crowded = self.last_size > 1 and loop.time() - self.last_ended < BUSY_WINDOW_S
+                crowded = self.last_size > 1 and loop.time() - self.last_ended < self.busy_window_s
                 if self.gather_s and (crowded or not self.gather_when_crowded_only):
                     await asyncio.sleep(self.gather_s)
                 batch, self.pending = self.pending, []
@@ -87,9 +92,6 @@ class _Batcher:
                 self.last_ended, self.last_size = loop.time(), len(batch)
         finally:
             self.active -= 1
-
-
-BUSY_WINDOW_S = 0.01
 
 
 @db_call
