@@ -23,6 +23,7 @@ import struct
 import tempfile
 import time
 import uuid
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -170,7 +171,7 @@ class Arrivals:
         }
 
 
-class CollectorPauses:
+class CollectorPauses(loopwatch.CollectorTimer):
     """The generator's own garbage-collector passes while it measures.
 
     The generator stamps each delivery when its loop gets to it, so a pass that
@@ -179,22 +180,15 @@ class CollectorPauses:
     """
 
     def __init__(self):
-        self.started = None
+        super().__init__()
         self.longest = 0.0
         self.total = 0.0
         self.full = 0
 
-    def __call__(self, phase: str, info: dict) -> None:
-        now = time.perf_counter()
-        if phase == "start":
-            self.started = now
-            return
-        if self.started is not None:
-            pause = now - self.started
-            self.longest = max(self.longest, pause)
-            self.total += pause
-            self.full += info["generation"] == 2
-        self.started = None
+    def passed(self, seconds: float, generation: int) -> None:
+        self.longest = max(self.longest, seconds)
+        self.total += seconds
+        self.full += generation == 2
 
     def __enter__(self):
         gc.callbacks.append(self)
@@ -220,15 +214,19 @@ def histogram_buckets(metrics_text: str, name: str) -> dict[float, float]:
     """Cumulative bucket counts of a Prometheus histogram, summed over its labels."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    buckets: dict[float, float] = {}
+    buckets: Counter[float] = Counter()
     for family in text_string_to_metric_families(metrics_text):
         if family.name != name:
             continue
         for sample in family.samples:
             if sample.name == name + "_bucket":
-                bound = float(sample.labels["le"])
-                buckets[bound] = buckets.get(bound, 0.0) + sample.value
-    return buckets
+                buckets[float(sample.labels["le"])] += sample.value
+    return dict(buckets)
+
+
+def difference(before: dict[float, float], after: dict[float, float]) -> dict[float, float]:
+    """A cumulative histogram's counts between two readings of it."""
+    return {bound: after[bound] - before.get(bound, 0.0) for bound in after}
 
 
 def over(buckets: dict[float, float], bound: float) -> int:
@@ -263,8 +261,8 @@ class ServerPauses:
     async def read(self) -> dict[str, dict[float, float]] | None:
         import httpx
 
-        lag: dict[float, float] = {}
-        gc_: dict[float, float] = {}
+        lag: Counter[float] = Counter()
+        gc_: Counter[float] = Counter()
         async with httpx.AsyncClient(timeout=5) as client:
             for url in self.urls:
                 try:
@@ -275,22 +273,15 @@ class ServerPauses:
                     return None
                 if response.status_code != 200:
                     return None
-                for total, name in (
-                    (lag, "natter_event_loop_lag_seconds"),
-                    (gc_, "natter_gc_pause_seconds"),
-                ):
-                    for bound, count in histogram_buckets(response.text, name).items():
-                        total[bound] = total.get(bound, 0.0) + count
-        return {"lag": lag, "gc": gc_}
+                lag.update(histogram_buckets(response.text, "natter_event_loop_lag_seconds"))
+                gc_.update(histogram_buckets(response.text, "natter_gc_pause_seconds"))
+        return {"lag": dict(lag), "gc": dict(gc_)}
 
     @staticmethod
     def figures(before, after) -> dict:
         if before is None or after is None:
             return {}
-        window = {
-            kind: {b: after[kind].get(b, 0.0) - before[kind].get(b, 0.0) for b in after[kind]}
-            for kind in ("lag", "gc")
-        }
+        window = {kind: difference(before[kind], after[kind]) for kind in ("lag", "gc")}
         return {
             "server_loop_lags_over_100ms": over(window["lag"], LOOP_STALL_S),
             "server_loop_lag_worst_le_s": worst_bucket(window["lag"]),
@@ -323,7 +314,7 @@ class GeneratorLoopLag:
         }
 
     def figures(self) -> dict:
-        window = {b: self.after[b] - self.before.get(b, 0.0) for b in self.after}
+        window = difference(self.before, self.after)
         return {
             "generator_loop_lags_over_100ms": over(window, LOOP_STALL_S),
             "generator_loop_lag_worst_le_s": worst_bucket(window),
