@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -17,10 +18,45 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections (and to bind(0))."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _bindable(port: int) -> bool:
+    # No SO_REUSEADDR: refused while any socket has the port, a connection's local end too.
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+_handed_out: set[int] = set()
+
+
+def free_port(count: int = 1) -> int:
+    """The first of `count` consecutive ports free on 127.0.0.1, for a server that
+    binds them later.
+
+    Taken below the kernel's ephemeral range. A port from bind(0) lies inside it,
+    and between the pick and the server's own bind an outgoing connection (to
+    Postgres, Redis) could get it as its local port: a cluster test's daphne failed
+    in CI with "Address already in use" on the port after the one picked.
+    """
+    low = _ephemeral_low()
+    start = 10_000 if low > 10_000 + count else 1024
+    for _ in range(1000):
+        base = random.randrange(start, low - count)
+        ports = range(base, base + count)
+        if _handed_out.isdisjoint(ports) and all(map(_bindable, ports)):
+            _handed_out.update(ports)
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports between {start} and {low}")
 
 
 def _pg_command(program: str, database: str, *options: str) -> None:

@@ -1,7 +1,6 @@
 """A live Natter: daphne and a Celery worker as subprocesses on the test database."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,17 +11,12 @@ import httpx
 import pytest
 from django.db import connections
 
+from bench.server import free_port as _free_port  # noqa: F401 (the e2e suites' import)
 from config.server import COMMAND as DAPHNE
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS_TOKEN = "e2e-metrics-token"
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _database_url() -> str:

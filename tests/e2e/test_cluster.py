@@ -21,9 +21,7 @@ PASSWORD = "a long pass phrase 42"
 
 @pytest.fixture
 def cluster(django_db_setup, django_db_blocker, tmp_path):
-    port = _free_port()
-    while any(_port_taken(port + i) for i in range(1, 3)):
-        port = _free_port()
+    port = _free_port(count=3)  # nginx, then a daphne on each of the next two
     env = {
         **os.environ,
         "DATABASE_URL": _database_url(),
@@ -66,13 +64,6 @@ def cluster(django_db_setup, django_db_blocker, tmp_path):
     # Nothing is left running: nginx, daphne, workers and beat all stopped.
     left = subprocess.run(["pgrep", "-f", str(tmp_path / "cluster")], capture_output=True)
     assert left.stdout == b""
-
-
-def _port_taken(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 async def person(url: str, name: str) -> NatterClient:

@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.server import free_port
 from config.server import COMMAND as DAPHNE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,14 +65,6 @@ class WebServer:
         return (self.logs / "web-daphne.log").read_text(errors="replace")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session", name="web_server")
 def web_server_fixture(natter_server):
     require_chromium()
@@ -84,7 +77,7 @@ def web_server_fixture(natter_server):
         check=True,
         timeout=120,
     )
-    port = _free_port()
+    port = free_port()
     logs = natter_server.logs
     process = subprocess.Popen(
         [

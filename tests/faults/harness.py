@@ -36,16 +36,11 @@ import httpx
 import psycopg
 import redis
 
+from bench.server import free_port
 from config.server import COMMAND as DAPHNE
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
